@@ -1,0 +1,3 @@
+from rtdeploy.cli.app import run
+
+run()

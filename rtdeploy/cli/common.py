@@ -1,0 +1,85 @@
+"""Options shared by several commands (defined once, Typer's Annotated style) and the
+progress/console helpers. Only the CLI prints."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console()              # tables and results: stdout
+err_console = Console(stderr=True)  # progress and messages: stderr
+
+Data = Annotated[Optional[str], typer.Option(
+    "--data", help="'sample' (embedded UC Merced subset, the default), 'eurosat' (torchvision, "
+                   "downloaded under --data-root), or a folder with one sub-folder per class.")]
+DataRoot = Annotated[Optional[str], typer.Option(
+    "--data-root", help="Where 'eurosat' lives or is downloaded to [default: ~/.cache/rtdeploy/eurosat].")]
+ImgSize = Annotated[int, typer.Option("--img-size", help="Square input size in pixels; images are resized.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for the split, init, shuffling and augmentation.")]
+Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per training step.")]
+Lr = Annotated[float, typer.Option("--lr", help="Peak SGD learning rate.")]
+Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (the paper used 0).")]
+WeightDecay = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
+Schedule = Annotated[str, typer.Option(
+    "--schedule", help="LR schedule: cosine, step (x0.1 at 50% and 75%, the paper's shape), onecycle, constant.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Workers = Annotated[int, typer.Option("--workers", help="Data loader worker processes (images are in memory; 0 is usually fastest).")]
+ValFrac = Annotated[float, typer.Option("--val-frac", help="Share of images held out for validation (model selection); 0 selects on test like the paper.")]
+TestFrac = Annotated[float, typer.Option("--test-frac", help="Share of images in the test split (the paper: 0.3).")]
+Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and 90-degree rotations on the train split (off in the paper's protocol).")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad-images", help="Skip unreadable images (and count them) instead of stopping.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this path.")]
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console, transient=False)
+
+
+@contextlib.contextmanager
+def decode_progress(label: str = "decoding images"):
+    """An on_progress(done, total) callback drawing a bar while a dataset is decoded."""
+    with progress() as bar:
+        task = None
+
+        def on_progress(done: int, total: int):
+            nonlocal task
+            if task is None:
+                task = bar.add_task(label, total=total, info="")
+            bar.update(task, completed=done)
+
+        yield on_progress
+
+
+@contextlib.contextmanager
+def training_progress(label: str, epochs: int):
+    """(on_step, on_epoch) callbacks: one bar over epochs, one over the current epoch's steps."""
+    with progress() as bar:
+        ep = bar.add_task(label, total=epochs, info="")
+        st = bar.add_task("  steps", total=1, info="")
+
+        def on_step(s):
+            bar.update(st, completed=s.step, total=s.steps,
+                       info=f"loss {s.loss:.3f} acc {100 * s.accuracy:.1f}% {s.images_per_s:.0f} img/s")
+
+        def on_epoch(e):
+            bar.update(ep, completed=e.epoch,
+                       info=f"epoch {e.epoch}: eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)")
+            bar.reset(st, total=1, info="")
+
+        yield on_step, on_epoch
+
+
+def load_data(data, **kwargs):
+    """load_splits with a decode progress bar."""
+    from ..data import load_splits
+
+    with decode_progress() as on_progress:
+        return load_splits(data, on_progress=on_progress, **kwargs)

@@ -1,0 +1,476 @@
+"""Datasets (class folders, EuroSAT, the embedded UC Merced sample), stratified splits, transforms.
+
+Images are decoded once into a uint8 tensor [N,3,S,S] (cached on disk) and normalised on the fly,
+so an epoch never touches PIL. Everything random (split, subset, shuffle, augmentation) is a
+function of `seed` (and the epoch), never of the worker count or global RNG state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from rtdeploy.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+DATA_HELP = "pass 'sample', 'eurosat' or a folder with one sub-folder of images per class"
+_CACHE_VERSION = 1
+_STD_FLOOR = 1e-3  # a constant channel (e.g. a synthetic test image) must not divide by zero
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+Progress = Callable[[int, int], None]
+
+
+def sample_path() -> Path:
+    """The embedded UC Merced sample (21 classes x 40 images, 64x64 WebP) inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "ucm_sample"
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _sixteen_bit_to_u8(img: Image.Image) -> np.ndarray:
+    # PIL's convert("RGB") clips 16/32-bit values at 255 instead of scaling them, which turns a
+    # 16-bit scene white. Scale by the range the data really uses: 8 bit, 16 bit (/257 maps
+    # 65535 -> 255 exactly), or, for anything else (negative or > 16 bit, float), min-max.
+    arr = np.asarray(img).astype(np.float64)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif img.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
+        arr = arr / 257.0
+    elif lo < 0.0 or hi > 255.0:
+        arr = (arr - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB; alpha is dropped, not composited (it carries no scene data)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(_sixteen_bit_to_u8(img)).convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL cannot convert these to RGB directly
+        img = img.convert("LA" if img.mode == "La" else "RGBA")
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, img_size: int) -> torch.Tensor:
+    """Convert a PIL image of any mode to RGB and resize it: uint8 tensor [3, img_size, img_size].
+
+    Resizing is bilinear; Pillow widens the filter when shrinking, so it is antialiased.
+    """
+    rgb = _to_rgb(img)
+    if rgb.size != (img_size, img_size):
+        rgb = rgb.resize((img_size, img_size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def _decode_file(path: str, img_size: int) -> torch.Tensor | None:
+    """Decode one file; None when it is corrupt, truncated or not an image."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return preprocess(img, img_size)
+    except _DECODE_ERRORS as exc:
+        log.warning("cannot decode %s: %s", path, exc)
+        return None
+
+
+def _bad_image_error(path: str, n_bad: int = 1) -> DataError:
+    more = f" (and {n_bad - 1} more)" if n_bad > 1 else ""
+    return DataError(
+        f"{path}: not a readable image (corrupt or truncated){more}; "
+        "replace or delete it, or pass --skip-bad-images to skip bad files"
+    )
+
+
+def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Progress | None):
+    """Decode in threads (PIL releases the GIL while decoding): (images, kept indices, bad paths)."""
+    images: list[torch.Tensor] = []
+    kept: list[int] = []
+    bad: list[str] = []
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
+            if tensor is None:
+                if not skip_bad:
+                    pool.shutdown(cancel_futures=True)
+                    raise _bad_image_error(paths[i])
+                bad.append(paths[i])
+            else:
+                images.append(tensor)
+                kept.append(i)
+            if on_progress is not None:
+                on_progress(i + 1, len(paths))
+    stacked = torch.stack(images) if images else torch.empty(0, 3, img_size, img_size, dtype=torch.uint8)
+    return stacked, kept, bad
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cache_dir() -> Path | None:
+    if os.environ.get("RTDEPLOY_NO_CACHE", "") not in ("", "0"):
+        return None
+    env = os.environ.get("RTDEPLOY_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rtdeploy" / "images"
+
+
+def _cache_key(paths: list[str], img_size: int) -> str:
+    entries = []
+    for p in sorted(paths):
+        st = os.stat(p)
+        entries.append((p, st.st_size, st.st_mtime_ns))
+    blob = json.dumps([_CACHE_VERSION, img_size, entries]).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _cache_load(file: Path, paths: list[str], img_size: int):
+    try:
+        obj = torch.load(file, weights_only=True)
+        images, kept, bad = obj["images"], list(obj["kept"]), list(obj["skipped"])
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # a stale or damaged cache file must never stop a run: re-decode
+        log.warning("ignoring unreadable image cache %s: %s", file, exc)
+        return None
+    ok = (images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, img_size, img_size)
+          and images.shape[0] == len(kept) and len(kept) + len(bad) == len(paths))
+    return (images, kept, bad) if ok else None
+
+
+def _cache_save(file: Path, images: torch.Tensor, kept: list[int], bad: list[str]) -> None:
+    # Write to a temp file in the same folder, then rename: a crash or a parallel run never
+    # leaves a half-written cache behind (os.replace is atomic on one file system).
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save({"images": images, "kept": kept, "skipped": bad}, fh)
+            os.replace(tmp, file)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        log.warning("could not write image cache %s: %s", file, exc)
+
+
+def _load_images(paths, img_size, skip_bad, on_progress, use_cache=True):
+    """Decoded images of `paths`, from the cache when the files are unchanged."""
+    cache = _cache_dir() if use_cache else None
+    file = cache / f"{_cache_key(paths, img_size)}.pt" if cache is not None else None
+    hit = _cache_load(file, paths, img_size) if file is not None else None
+    if hit is not None:
+        log.info("loaded %d decoded images from cache %s", len(paths), file)
+        if on_progress is not None:
+            on_progress(len(paths), len(paths))
+        images, kept, bad = hit
+        if bad and not skip_bad:
+            raise _bad_image_error(bad[0], len(bad))
+        return hit
+    images, kept, bad = _decode_all(paths, img_size, skip_bad, on_progress)
+    if file is not None:
+        _cache_save(file, images, kept, bad)
+    return images, kept, bad
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")  # .DS_Store, ._foo.jpg (macOS), .ipynb_checkpoints
+
+
+def _class_files(folder: Path) -> list[str]:
+    """Image files under one class folder (recursively, like ImageFolder), sorted."""
+    found, ignored = [], []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            ok = not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
+            (found if ok else ignored).append(full)
+    if ignored:
+        log.info("ignored %d non-image files in %s (e.g. %s)", len(ignored), folder, ignored[0])
+    return sorted(found)
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[list[str]]]:
+    """Classes (sorted like torchvision's ImageFolder) and each class's image files."""
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"--data {root} {what}; {DATA_HELP}")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders; put images in {root}/<class>/<image>")
+    if len(classes) < 2:
+        raise DataError(f"{root} has only one class folder ({classes[0]}); a classifier needs at "
+                        "least 2 classes, one sub-folder each")
+    files = [_class_files(root / c) for c in classes]
+    for name, class_files in zip(classes, files):
+        if not class_files:
+            raise DataError(f"{root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                            "add images or remove the folder")
+    return classes, files
+
+
+def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
+    """The EuroSAT RGB class folder, downloading it through torchvision only when it is missing."""
+    root = Path(data_root or "~/.cache/rtdeploy/eurosat").expanduser().resolve()
+    folder = root / "eurosat" / "2750"  # torchvision's EuroSAT layout: <root>/eurosat/2750/<Class>
+    if not folder.is_dir():
+        from torchvision.datasets import EuroSAT
+
+        log.info("EuroSAT not found under %s; downloading it", root)
+        try:
+            EuroSAT(str(root), download=True)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
+            raise DataError(
+                f"EuroSAT is not under {root} and could not be downloaded (no network? {exc}); "
+                f"place the extracted 2750/ folder under {root / 'eurosat'}/, or pass a folder path "
+                "to --data instead"
+            ) from exc
+    return folder, f"eurosat:{root}"
+
+
+def _resolve(data: str | None, data_root: str | None) -> tuple[Path, str]:
+    if data is None or data == "sample":
+        return sample_path(), "sample"
+    if data == "eurosat":
+        return _eurosat_folder(data_root)
+    root = Path(data).expanduser().resolve()
+    return root, f"folder:{root}"
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class ImageTensorDataset(Dataset):
+    """Images held as uint8 [N,3,S,S] + int64 labels; items are (normalised float [3,S,S], label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, mean: Sequence[float],
+                 std: Sequence[float], augment: bool = False, seed: int = 0,
+                 paths: list[str] | None = None) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 [N,3,S,S], got {images.dtype} {tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must be [{images.shape[0]}], got {tuple(labels.shape)}")
+        self.images, self.labels = images, labels.to(torch.int64)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.paths = list(paths) if paths is not None else [""] * len(images)
+        self._mean_t = torch.tensor(self.mean).view(3, 1, 1)
+        self._std_t = torch.tensor(self.std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _augmented(self, img: torch.Tensor, index: int) -> torch.Tensor:
+        # Overhead imagery has no canonical orientation, so the 8 flips/rotations are all valid
+        # views. Randomness comes from (seed, epoch, index) alone: same result for any worker count.
+        rng = random.Random(_derive_seed(self.seed, self.epoch, index))
+        if rng.random() < 0.5:
+            img = img.flip(2)
+        if rng.random() < 0.5:
+            img = img.flip(1)
+        return torch.rot90(img, rng.randrange(4), dims=(1, 2))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = self.images[index]
+        if self.augment:
+            img = self._augmented(img, index)
+        return (img.float() / 255.0 - self._mean_t) / self._std_t, int(self.labels[index])
+
+    def normalised(self) -> torch.Tensor:
+        """All images, un-augmented, as one float tensor [N,3,S,S] (calibration, parity checks)."""
+        return (self.images.float() / 255.0 - self._mean_t) / self._std_t
+
+
+@dataclass
+class Splits:
+    train: ImageTensorDataset
+    val: ImageTensorDataset | None
+    test: ImageTensorDataset
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    img_size: int
+    source: str
+    skipped: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    @property
+    def eval_split(self) -> ImageTensorDataset:
+        """The split to select/evaluate on during training: val when present, else test."""
+        return self.val if self.val is not None else self.test
+
+
+def _derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (adjacent seeds/epochs give unrelated streams)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                workers: int = 0) -> DataLoader:
+    """A DataLoader whose order (and the dataset's augmentation) depends only on (seed, epoch)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    if hasattr(ds, "set_epoch"):
+        ds.set_epoch(epoch)  # before workers start: each worker gets a copy carrying the epoch
+    gen = torch.Generator().manual_seed(_derive_seed(seed, epoch))
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _check_settings(img_size: int, test_frac: float, val_frac: float, max_per_class) -> None:
+    if img_size < 8:
+        raise ConfigError(f"--img-size must be >= 8, got {img_size}")
+    if not 0.0 < test_frac < 1.0:
+        raise ConfigError(f"--test-frac must be between 0 and 1 (exclusive), got {test_frac}")
+    if not 0.0 <= val_frac < 1.0:
+        raise ConfigError(f"--val-frac must be >= 0 and < 1, got {val_frac}")
+    if test_frac + val_frac >= 1.0:
+        raise ConfigError(f"--test-frac + --val-frac must be < 1 to leave training images, "
+                          f"got {test_frac} + {val_frac}")
+    if max_per_class is not None and max_per_class < 2:
+        raise ConfigError(f"--max-per-class must be >= 2 (one train, one test image), got {max_per_class}")
+
+
+def _check_stats(name: str, value, positive: bool) -> tuple[float, float, float]:
+    vals = tuple(float(v) for v in value)
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (positive and min(vals) <= 0):
+        need = "3 positive numbers" if positive else "3 numbers"
+        raise ConfigError(f"--{name} must be {need} (one per RGB channel), got {value}")
+    return vals  # type: ignore[return-value]
+
+
+def _cap_per_class(files: list[list[str]], max_per_class: int | None, seed: int) -> list[list[str]]:
+    if max_per_class is None:
+        return files
+    gen = torch.Generator().manual_seed(_derive_seed(seed, 1))
+    out = []
+    for class_files in files:
+        order = torch.randperm(len(class_files), generator=gen)[:max_per_class]
+        out.append([class_files[i] for i in sorted(order.tolist())])
+    return out
+
+
+def _split_indices(labels: torch.Tensor, classes: list[str], seed: int, test_frac: float,
+                   val_frac: float) -> tuple[list[int], list[int], list[int]]:
+    """Stratified split: per class, a seeded permutation cut into test, val, then train."""
+    gen = torch.Generator().manual_seed(seed)
+    train, val, test = [], [], []
+    for c, name in enumerate(classes):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)].tolist()
+        n_test = max(1, math.floor(len(idx) * test_frac + 0.5))
+        n_val = max(1, math.floor(len(idx) * val_frac + 0.5)) if val_frac > 0 else 0
+        if len(idx) - n_test - n_val < 1:
+            need = 2 + (val_frac > 0)
+            raise DataError(f"class '{name}' has {len(idx)} usable images, too few to split: it needs "
+                            f"at least {need} (train, test{', val' if need == 3 else ''}); add images "
+                            "or lower --test-frac/--val-frac")
+        test += idx[:n_test]
+        val += idx[n_test:n_test + n_val]
+        train += idx[n_test + n_val:]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple, tuple]:
+    """Per-channel mean/std over [0,1] pixels, in float64 chunks (a 256px set would not fit as float)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    sq = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].to(torch.float64) / 255.0
+        total += x.sum(dim=(0, 2, 3))
+        sq += (x * x).sum(dim=(0, 2, 3))
+    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
+    mean = total / n
+    std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(_STD_FLOOR)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 0,
+                test_frac: float = 0.3, val_frac: float = 0.0, data_root: str | None = None,
+                augment: bool = False, mean: tuple | None = None, std: tuple | None = None,
+                skip_bad_images: bool = False, max_per_class: int | None = None,
+                on_progress: Progress | None = None) -> Splits:
+    """Load a dataset and split it, stratified per class and deterministic for `seed`.
+
+    `data`: None/"sample" (embedded UC Merced sample), "eurosat" (torchvision EuroSAT RGB under
+    `data_root`), or a folder with one sub-folder per class. test_frac 0.3 follows the paper.
+    """
+    _check_settings(img_size, test_frac, val_frac, max_per_class)
+    mean = _check_stats("mean", mean, positive=False) if mean is not None else None
+    std = _check_stats("std", std, positive=True) if std is not None else None
+    root, source = _resolve(data, data_root)
+    classes, files = _scan_folder(root)
+    files = _cap_per_class(files, max_per_class, seed)
+    paths = [p for class_files in files for p in class_files]
+    all_labels = [c for c, class_files in enumerate(files) for _ in class_files]
+    # The sample is small and fast to decode; caching it would only fill the user's cache.
+    images, kept, skipped = _load_images(paths, img_size, skip_bad_images, on_progress,
+                                         use_cache=source != "sample")
+    labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.int64)
+    kept_paths = [paths[i] for i in kept]
+    train_i, val_i, test_i = _split_indices(labels, classes, seed, test_frac, val_frac)
+    if mean is None or std is None:
+        train_mean, train_std = _channel_stats(images[train_i])
+        mean, std = mean or train_mean, std or train_std
+
+    def subset(idx: list[int], aug: bool) -> ImageTensorDataset:
+        return ImageTensorDataset(images[idx], labels[idx], mean=mean, std=std, augment=aug,
+                                  seed=seed, paths=[kept_paths[i] for i in idx])
+
+    log.info("%s: %d classes, %d train / %d val / %d test images at %dpx (%d skipped)", source,
+             len(classes), len(train_i), len(val_i), len(test_i), img_size, len(skipped))
+    return Splits(train=subset(train_i, augment), val=subset(val_i, False) if val_i else None,
+                  test=subset(test_i, False), classes=classes, mean=mean, std=std,
+                  img_size=img_size, source=source, skipped=skipped, seed=seed)
+
+
+def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
+    """Raise DataError when a dataset's classes are not exactly (and in order) the model's."""
+    if list(data_classes) == list(model_classes):
+        return
+
+    def show(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    missing = [c for c in model_classes if c not in data_classes]
+    extra = [c for c in data_classes if c not in model_classes]
+    if not missing and not extra:
+        diff = "the same classes in a different order"
+    else:
+        diff = "; ".join(part for part in (
+            f"missing from the data: {show(missing)}" if missing else "",
+            f"not known to the model: {show(extra)}" if extra else "") if part)
+    raise DataError(f"dataset classes do not match the model's ({len(data_classes)} vs "
+                    f"{len(model_classes)}: {diff}); pass the --data the model was trained on, "
+                    "or a checkpoint trained on this data")

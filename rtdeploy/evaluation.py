@@ -1,0 +1,76 @@
+"""`eval` and `info` as library calls on a checkpoint."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import ModelMeta, load_checkpoint
+from .data import check_classes, load_splits
+from .errors import ConfigError
+from .models import attention_blocks, layer_widths
+from .models.complexity import count_macs_params
+from .train import evaluate
+
+
+@dataclass
+class CheckpointEval:
+    arch: str
+    data: str
+    split: str
+    images: int
+    accuracy: float
+    classes: list[str]
+    per_class_accuracy: list[float]
+    per_class_images: list[int]
+    confusion: list[list[int]]
+
+
+@dataclass
+class CheckpointInfo:
+    arch: str
+    classes: list[str]
+    img_size: int
+    mean: tuple
+    std: tuple
+    params: int
+    macs: int
+    attention_blocks: int
+    widths: dict
+    history: list[str]
+
+
+def train_seed(meta: ModelMeta) -> int:
+    """The seed of the training run, so eval/compress see the very same test split."""
+    return next((h["seed"] for h in meta.history if h.get("stage") == "train" and "seed" in h), 0)
+
+
+def splits_for(meta: ModelMeta, data: str | None, *, data_root=None, load=load_splits, **kwargs):
+    """The checkpoint's own split of `data`: same seed, size and normalisation as in training."""
+    splits = load(data, data_root=data_root, img_size=meta.img_size, seed=train_seed(meta),
+                  mean=meta.mean, std=meta.std, **kwargs)
+    check_classes(splits.classes, meta.classes)
+    return splits
+
+
+def evaluate_checkpoint(path: str | Path, data: str | None, *, data_root=None, split: str = "test",
+                        load=load_splits) -> CheckpointEval:
+    if split not in ("test", "val", "train"):
+        raise ConfigError(f"--split must be test, val or train, got {split!r}")
+    model, meta = load_checkpoint(path)
+    splits = splits_for(meta, data, data_root=data_root, load=load)
+    ds = getattr(splits, split)
+    if ds is None:
+        raise ConfigError("--split val: this data has no validation split; use --split test")
+    r = evaluate(model, ds)
+    return CheckpointEval(meta.arch, splits.source, split, r.images, r.accuracy, meta.classes,
+                          r.per_class_accuracy, [sum(row) for row in r.confusion], r.confusion)
+
+
+def describe_checkpoint(path: str | Path) -> CheckpointInfo:
+    model, meta = load_checkpoint(path)
+    macs, params = count_macs_params(model, meta.img_size)
+    history = [f"{h.get('stage')}: " + ", ".join(f"{k}={v}" for k, v in h.items()
+                                                 if k in ("criterion", "ratio", "epochs", "best_accuracy", "data"))
+               for h in meta.history]
+    return CheckpointInfo(meta.arch, meta.classes, meta.img_size, meta.mean, meta.std, params, macs,
+                          len(attention_blocks(model)), layer_widths(model), history)

@@ -1,0 +1,106 @@
+"""`rtdeploy train` as a library call: data -> model -> fit -> checkpoint + JSON summary."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from ..env import versions
+from ..errors import CheckpointError, ConfigError
+from ..fsutil import write_json
+from ..models import create_model
+from ..models.complexity import count_macs_params
+from .config import TrainConfig
+from .losses import create_loss
+from .loop import TrainReport, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    """What `rtdeploy train` reports (and writes as JSON next to the checkpoint)."""
+
+    stage: str
+    arch: str
+    data: str
+    classes: int
+    split: dict
+    img_size: int
+    seed: int
+    config: dict
+    params: int
+    macs: int
+    best_epoch: int
+    best_accuracy: float
+    final_accuracy: float
+    eval_split: str
+    seconds: float
+    resumed_from_epoch: int
+    checkpoint: str
+    versions: dict = field(default_factory=versions)
+    epochs: list[dict] = field(default_factory=list)
+
+
+def resume_path(out: str | Path) -> Path:
+    """Where the last complete epoch's state lives, beside the best checkpoint."""
+    out = Path(out)
+    return out.with_name(out.name + ".last")
+
+
+def summary_path(out: str | Path) -> Path:
+    return Path(out).with_suffix(".json")
+
+
+def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: str = "ce",
+                 resume: str | Path | None = None, on_step=None, on_epoch=None) -> TrainSummary:
+    model = create_model(arch, len(splits.classes))
+    meta = ModelMeta(arch=arch, classes=list(splits.classes), img_size=splits.img_size,
+                     mean=tuple(splits.mean), std=tuple(splits.std))
+    state = _load_resume(resume, meta, cfg) if resume else None
+    last = resume_path(out)
+
+    def save(best, resume_state, report: TrainReport):
+        save_checkpoint(last, model, meta, state=resume_state)
+        meta.history = [_history(arch, splits, cfg, report)]
+        save_checkpoint(out, best, meta)
+
+    best, report = fit(model, splits.train, splits.eval_split, create_loss(loss), cfg,
+                       on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
+    macs, params = count_macs_params(best, splits.img_size)
+    summary = TrainSummary(
+        stage="train", arch=arch, data=splits.source, classes=len(splits.classes),
+        split=_split_sizes(splits), img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
+        params=params, macs=macs, best_epoch=report.best_epoch, best_accuracy=report.best_accuracy,
+        final_accuracy=report.final_accuracy, eval_split="val" if splits.val is not None else "test",
+        seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
+        epochs=[asdict(e) for e in report.epochs])
+    write_json(summary_path(out), asdict(summary))
+    return summary
+
+
+def _split_sizes(splits) -> dict:
+    return {"train": len(splits.train), "val": len(splits.val) if splits.val is not None else 0,
+            "test": len(splits.test)}
+
+
+def _history(arch, splits, cfg, report: TrainReport) -> dict:
+    return {"stage": "train", "arch": arch, "data": splits.source, "seed": cfg.seed,
+            "epochs": len(report.epochs), "best_epoch": report.best_epoch,
+            "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
+
+
+def _load_resume(path: str | Path, meta: ModelMeta, cfg: TrainConfig) -> dict:
+    path = Path(path)
+    if not path.name.endswith(".last") and resume_path(path).exists():
+        path = resume_path(path)  # accept the best checkpoint's name too
+    saved_meta, _, state = read_checkpoint(path)
+    if not state or "optimizer" not in state:
+        raise CheckpointError(f"--resume {path} holds no training state; pass the '<out>.last' file a run left behind")
+    if saved_meta.arch != meta.arch or saved_meta.classes != meta.classes:
+        raise CheckpointError(f"--resume {path} is a {saved_meta.arch} run on other data/classes; "
+                              f"resume with the same --arch and --data")
+    if state["epoch"] >= cfg.epochs:
+        raise ConfigError(f"--resume {path} already finished {state['epoch']} epochs; raise --epochs to train further")
+    return state

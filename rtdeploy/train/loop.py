@@ -1,0 +1,165 @@
+"""The one training loop: `rtdeploy train` and the fine-tuning in `compress` both use it.
+
+Deterministic by construction: batch order and augmentation are functions of (seed, epoch),
+so a run resumed after epoch k replays epochs k+1.. exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data import make_loader
+from .config import TrainConfig, resolve_device
+from .evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    eval_accuracy: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainReport:
+    epochs: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    best_accuracy: float = 0.0
+    seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.epochs[-1].eval_accuracy if self.epochs else 0.0
+
+
+@dataclass
+class StepInfo:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    accuracy: float
+    images_per_s: float
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    elif cfg.schedule == "step":
+        marks = [math.ceil(f * cfg.epochs) * steps_per_epoch for f in cfg.milestones]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfig, *,
+        teacher: nn.Module | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None,
+        save: Callable[[nn.Module, dict, TrainReport], None] | None = None,
+        resume: dict | None = None) -> tuple[nn.Module, TrainReport]:
+    """Train `model`; return the best model (by eval accuracy) and the report.
+
+    `save(best_model, resume_state, report)` runs after every epoch; `resume_state` is plain
+    tensors/data (loadable with weights_only) that `resume=` takes back.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+    steps = len(make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed))
+    opt, sched = make_optimizer(model, cfg, steps)
+    report, best_state, start = TrainReport(), copy.deepcopy(model.state_dict()), 0
+    if resume:
+        start, best_state = _restore(resume, model, opt, sched, report)
+    t0 = time.perf_counter() - report.seconds
+    for epoch in range(start, cfg.epochs):
+        stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step)
+        stats.eval_accuracy = evaluate(model, eval_ds, cfg.batch_size, device).accuracy
+        report.epochs.append(stats)
+        if stats.eval_accuracy > report.best_accuracy or epoch == 0:
+            report.best_epoch, report.best_accuracy = epoch + 1, stats.eval_accuracy
+            best_state = copy.deepcopy(model.state_dict())
+        report.seconds = time.perf_counter() - t0
+        if on_epoch:
+            on_epoch(stats)
+        if save:
+            save(_best(model, best_state), _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
+    return _best(model, best_state), report
+
+
+def _best(model: nn.Module, best_state: dict) -> nn.Module:
+    best = copy.deepcopy(model)
+    best.load_state_dict(best_state)
+    return best.eval()
+
+
+def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step) -> EpochStats:
+    model.train()
+    loader = make_loader(ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, workers=cfg.workers)
+    seen = correct = 0
+    total_loss, t0 = 0.0, time.perf_counter()
+    lr = opt.param_groups[0]["lr"]
+    for step, (x, y) in enumerate(loader):
+        if x.shape[0] < 2:  # a trailing batch of one would break BatchNorm's batch statistics
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.no_grad():
+            t_logits = teacher(x) if teacher is not None else None
+        logits = model(x)
+        loss = loss_fn(logits, y, t_logits)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        seen += y.numel()
+        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += loss.item() * y.numel()
+        if on_step:
+            on_step(StepInfo(epoch + 1, step + 1, len(loader), total_loss / seen, correct / seen,
+                             seen / (time.perf_counter() - t0)))
+    secs = time.perf_counter() - t0
+    return EpochStats(epoch + 1, total_loss / max(seen, 1), correct / max(seen, 1), 0.0, lr, secs,
+                      seen / max(secs, 1e-9))
+
+
+def _resume_state(done: int, model, opt, sched, best_state, report: TrainReport) -> dict:
+    return {"epoch": done, "model": copy.deepcopy(model.state_dict()), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "best_state": best_state,
+            "report": {"epochs": [asdict(e) for e in report.epochs], "best_epoch": report.best_epoch,
+                       "best_accuracy": report.best_accuracy, "seconds": report.seconds}}
+
+
+def _restore(state: dict, model, opt, sched, report: TrainReport) -> tuple[int, dict]:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    r = state["report"]
+    report.epochs = [EpochStats(**e) for e in r["epochs"]]
+    report.best_epoch, report.best_accuracy = r["best_epoch"], r["best_accuracy"]
+    report.seconds = r["seconds"]
+    report.resumed_from_epoch = state["epoch"]
+    return state["epoch"], state["best_state"]

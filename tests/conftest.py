@@ -1,0 +1,79 @@
+"""Shared test helpers: a private image cache for the session and generated image folders.
+
+`image_folder(...)` makes a small class-folder dataset whose classes differ in colour, so a
+tiny model can learn it in a few steps; `make_image_folder`/`class_colour` are the plain
+functions behind it for tests that need a folder outside `tmp_path`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Well-separated base colours; classes past the palette get a deterministic pseudo-random colour.
+_PALETTE = [(210, 40, 40), (40, 200, 60), (50, 60, 220), (220, 200, 40), (200, 50, 200),
+            (40, 200, 210), (240, 240, 240), (20, 20, 20)]
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    if index < len(_PALETTE):
+        return _PALETTE[index]
+    rng = np.random.RandomState(1000 + index)
+    return tuple(int(v) for v in rng.randint(0, 256, size=3))
+
+
+def make_image(colour: tuple[int, int, int], size: int = 40, seed: int = 0,
+               noise: int = 25) -> Image.Image:
+    """An RGB image of `colour` with per-pixel noise and a bright corner (so flips are visible)."""
+    rng = np.random.RandomState(seed)
+    arr = np.asarray(colour, dtype=np.int16) + rng.randint(-noise, noise + 1, size=(size, size, 3))
+    arr[: size // 4, : size // 4] = 255
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_image_folder(root: Path, n_classes: int = 3, per_class: int = 6, size: int = 40,
+                      ext: str = ".png", class_names: list[str] | None = None,
+                      seed: int = 0) -> Path:
+    """Write `root/<class>/<class>_<i><ext>` images; returns root. Class i has class_colour(i)."""
+    names = class_names or [f"class_{i}" for i in range(n_classes)]
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = make_image(class_colour(c), size, seed=seed * 100_003 + c * 1009 + i)
+            img.save(root / name / f"{name}_{i}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_image_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Never read or write the user's ~/.cache/rtdeploy during tests."""
+    old = {k: os.environ.get(k) for k in ("RTDEPLOY_CACHE_DIR", "RTDEPLOY_NO_CACHE")}
+    os.environ["RTDEPLOY_CACHE_DIR"] = str(tmp_path_factory.mktemp("rtdeploy-cache"))
+    os.environ.pop("RTDEPLOY_NO_CACHE", None)
+    yield
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: image_folder(n_classes=3, per_class=6, size=40, ext=".png") -> a new folder.
+
+    Optional: name (sub-folder of tmp_path), class_names, seed (different images, same colours).
+    """
+    counter = iter(range(10_000))
+
+    def make(n_classes: int = 3, per_class: int = 6, size: int = 40, ext: str = ".png",
+             name: str | None = None, class_names: list[str] | None = None,
+             seed: int = 0) -> Path:
+        root = tmp_path / (name or f"imgs{next(counter)}")
+        return make_image_folder(root, n_classes, per_class, size, ext, class_names, seed)
+
+    return make
