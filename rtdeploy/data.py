@@ -82,21 +82,21 @@ def preprocess(img: Image.Image, img_size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _decode_file(path: str, img_size: int) -> torch.Tensor | None:
-    """Decode one file; None when it is corrupt, truncated or not an image."""
+def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
+    """Decode one file; the reason as a string when it is corrupt, truncated or not an image."""
     try:
         with Image.open(path) as img:
             img.load()
             return preprocess(img, img_size)
     except _DECODE_ERRORS as exc:
         log.warning("cannot decode %s: %s", path, exc)
-        return None
+        return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _bad_image_error(path: str, n_bad: int = 1) -> DataError:
-    more = f" (and {n_bad - 1} more)" if n_bad > 1 else ""
+def _bad_image_error(path: str, reason: str = "corrupt or truncated", n_bad: int = 1) -> DataError:
+    more = f" (and {n_bad - 1} more bad files)" if n_bad > 1 else ""
     return DataError(
-        f"{path}: not a readable image (corrupt or truncated){more}; "
+        f"{path}: not a readable image ({reason}){more}; "
         "replace or delete it, or pass --skip-bad-images to skip bad files"
     )
 
@@ -109,10 +109,10 @@ def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Pr
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
-            if tensor is None:
+            if isinstance(tensor, str):
                 if not skip_bad:
                     pool.shutdown(cancel_futures=True)
-                    raise _bad_image_error(paths[i])
+                    raise _bad_image_error(paths[i], tensor)
                 bad.append(paths[i])
             else:
                 images.append(tensor)
@@ -184,7 +184,7 @@ def _load_images(paths, img_size, skip_bad, on_progress, use_cache=True):
             on_progress(len(paths), len(paths))
         images, kept, bad = hit
         if bad and not skip_bad:
-            raise _bad_image_error(bad[0], len(bad))
+            raise _bad_image_error(bad[0], n_bad=len(bad))
         return hit
     images, kept, bad = _decode_all(paths, img_size, skip_bad, on_progress)
     if file is not None:
@@ -243,8 +243,9 @@ def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
         try:
             EuroSAT(str(root), download=True)
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
+            reason = " ".join(str(exc).split())  # the CLI prints one line
             raise DataError(
-                f"EuroSAT is not under {root} and could not be downloaded (no network? {exc}); "
+                f"EuroSAT is not under {root} and could not be downloaded (no network? {reason}); "
                 f"place the extracted 2750/ folder under {root / 'eurosat'}/, or pass a folder path "
                 "to --data instead"
             ) from exc

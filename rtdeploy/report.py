@@ -58,6 +58,17 @@ def to_markdown(rows: Iterable[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _numeric(value: Any) -> bool:
+    text = str(value).replace(",", "").replace("%", "").replace("x", "").strip()
+    for unit in (" G", " M", " k", " ms", " s"):
+        text = text.removesuffix(unit)
+    try:
+        float(text)
+    except ValueError:
+        return text in ("-", "")
+    return True
+
+
 def rich_table(rows: Iterable[dict], columns: list[str] | None = None, title: str | None = None):
     from rich.table import Table
 
@@ -65,7 +76,8 @@ def rich_table(rows: Iterable[dict], columns: list[str] | None = None, title: st
     columns = columns or (list(rows[0]) if rows else [])
     table = Table(title=title)
     for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
+        numeric = i > 0 and all(_numeric(r.get(c, "")) for r in rows)
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in columns])
     return table

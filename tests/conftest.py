@@ -1,8 +1,8 @@
 """Shared test helpers: a private image cache for the session and generated image folders.
 
-`image_folder(...)` makes a small class-folder dataset whose classes differ in colour, so a
-tiny model can learn it in a few steps; `make_image_folder`/`class_colour` are the plain
-functions behind it for tests that need a folder outside `tmp_path`.
+Fixtures: `image_folder(...)` makes a small class-folder dataset whose classes differ in colour,
+so a tiny model can learn it in a few steps; `noisy_image(colour, size)` makes one such image.
+The plain functions behind them (`make_image_folder`, `make_image`, `class_colour`) are here too.
 """
 from __future__ import annotations
 
@@ -66,14 +66,37 @@ def _private_image_cache(tmp_path_factory: pytest.TempPathFactory):
 def image_folder(tmp_path: Path) -> Callable[..., Path]:
     """Factory: image_folder(n_classes=3, per_class=6, size=40, ext=".png") -> a new folder.
 
-    Optional: name (sub-folder of tmp_path), class_names, seed (different images, same colours).
+    Optional: root (default: a fresh folder under tmp_path), class_names, seed (other images,
+    same class colours). Files are `<root>/<class>/<class>_<i><ext>`, classes `class_0`, ...
     """
     counter = iter(range(10_000))
 
     def make(n_classes: int = 3, per_class: int = 6, size: int = 40, ext: str = ".png",
-             name: str | None = None, class_names: list[str] | None = None,
+             root: Path | None = None, class_names: list[str] | None = None,
              seed: int = 0) -> Path:
-        root = tmp_path / (name or f"imgs{next(counter)}")
+        root = root if root is not None else tmp_path / f"imgs{next(counter)}"
         return make_image_folder(root, n_classes, per_class, size, ext, class_names, seed)
 
     return make
+
+
+@pytest.fixture
+def noisy_image() -> Callable[..., Image.Image]:
+    """noisy_image(colour, size=40, seed=0, noise=25) -> PIL RGB image (see make_image)."""
+    return make_image
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the real `rtdeploy` entry point in-process: cli(*args) -> (exit_code, stdout, stderr).
+
+    Goes through cli.app.main, so error mapping (one line, exit code) is what users get.
+    """
+    from rtdeploy.cli.app import main
+
+    def run(*args) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image, make_image_folder
 from rtdeploy import data
 from rtdeploy.data import check_classes, load_splits, make_loader, preprocess, sample_path
 from rtdeploy.errors import ConfigError, DataError
@@ -50,10 +49,10 @@ def test_val_split_comes_out_of_train(image_folder):
     assert len({*s.train.paths, *s.val.paths, *s.test.paths}) == 30
 
 
-def test_too_small_class_is_named(image_folder, tmp_path):
+def test_too_small_class_is_named(image_folder, noisy_image):
     root = image_folder(n_classes=2, per_class=5)
     (root / "tiny").mkdir()
-    make_image((1, 2, 3)).save(root / "tiny" / "only.png")
+    noisy_image((1, 2, 3)).save(root / "tiny" / "only.png")
     with pytest.raises(DataError, match="'tiny' has 1 usable images"):
         load_splits(str(root), img_size=16)
 
@@ -91,8 +90,8 @@ def test_missing_path_names_it_and_the_accepted_values(tmp_path):
         load_splits(str(missing))
 
 
-def test_folder_without_class_folders(tmp_path):
-    make_image((5, 5, 5)).save(tmp_path / "loose.png")
+def test_folder_without_class_folders(tmp_path, noisy_image):
+    noisy_image((5, 5, 5)).save(tmp_path / "loose.png")
     with pytest.raises(DataError, match=f"{tmp_path}.*no class sub-folders"):
         load_splits(str(tmp_path))
 
@@ -121,22 +120,22 @@ def test_non_image_files_ignored(image_folder):
     assert len(s.train) + len(s.test) == 10 and s.skipped == []
 
 
-def _truncated_png() -> bytes:
+def _truncated_png(noisy_image) -> bytes:
     buf = io.BytesIO()
-    make_image((9, 9, 9), size=64, noise=120).save(buf, "PNG")
+    noisy_image((9, 9, 9), size=64, noise=120).save(buf, "PNG")
     return buf.getvalue()[: len(buf.getvalue()) // 2]
 
 
-def test_corrupt_image_is_named(image_folder):
+def test_corrupt_image_is_named(image_folder, noisy_image):
     root = image_folder(n_classes=2, per_class=5)
-    (root / "class_1" / "broken.png").write_bytes(_truncated_png())
+    (root / "class_1" / "broken.png").write_bytes(_truncated_png(noisy_image))
     with pytest.raises(DataError, match="broken.png.*--skip-bad-images"):
         load_splits(str(root), img_size=16)
 
 
-def test_skip_bad_images_lists_them(image_folder):
+def test_skip_bad_images_lists_them(image_folder, noisy_image):
     root = image_folder(n_classes=2, per_class=5)
-    (root / "class_1" / "broken.png").write_bytes(_truncated_png())
+    (root / "class_1" / "broken.png").write_bytes(_truncated_png(noisy_image))
     (root / "class_0" / "garbage.jpg").write_bytes(b"this is not a jpeg")
     s = load_splits(str(root), img_size=16, skip_bad_images=True)
     assert sorted(Path(p).name for p in s.skipped) == ["broken.png", "garbage.jpg"]
@@ -314,12 +313,12 @@ def _no_download(*args, **kwargs):
     raise urllib.error.URLError("network disabled in tests")
 
 
-def test_eurosat_layout_loads_offline(tmp_path, monkeypatch):
+def test_eurosat_layout_loads_offline(tmp_path, monkeypatch, image_folder):
     import torchvision.datasets.eurosat as tv_eurosat
 
     monkeypatch.setattr(tv_eurosat, "download_and_extract_archive", _no_download)
-    make_image_folder(tmp_path / "eurosat" / "2750", per_class=4, size=64, ext=".jpg",
-                      class_names=EUROSAT_CLASSES)
+    image_folder(root=tmp_path / "eurosat" / "2750", per_class=4, size=64, ext=".jpg",
+                 class_names=EUROSAT_CLASSES)
     s = load_splits("eurosat", data_root=str(tmp_path), img_size=32)
     assert s.classes == EUROSAT_CLASSES and s.source == f"eurosat:{tmp_path.resolve()}"
     assert s.train.images.shape[1:] == (3, 32, 32) and len(s.train) + len(s.test) == 12
@@ -373,12 +372,12 @@ def test_cache_hit_returns_identical_tensors(image_folder, tmp_path, monkeypatch
         load_splits(str(root), img_size=24)  # another size is another key
 
 
-def test_cache_invalidated_by_changed_file(image_folder, tmp_path, monkeypatch):
+def test_cache_invalidated_by_changed_file(image_folder, noisy_image, tmp_path, monkeypatch):
     monkeypatch.setenv("RTDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     root = image_folder()
     load_splits(str(root), img_size=16)
     changed = root / "class_0" / "class_0_0.png"
-    make_image((0, 0, 0), size=40, noise=0).save(changed)
+    noisy_image((0, 0, 0), size=40, noise=0).save(changed)
     os.utime(changed, ns=(1, 1))
     monkeypatch.setattr(data, "_decode_file", _refuse_decode)
     with pytest.raises(RuntimeError, match="should have come from the cache"):

@@ -37,25 +37,34 @@ Force = Annotated[bool, typer.Option("--force", help="Replace output files that 
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this path.")]
 
 
-def progress() -> Progress:
+def progress(transient: bool = False) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=False)
+                    console=err_console, transient=transient)
 
 
 @contextlib.contextmanager
 def decode_progress(label: str = "decoding images"):
-    """An on_progress(done, total) callback drawing a bar while a dataset is decoded."""
-    with progress() as bar:
-        task = None
+    """An on_progress(done, total) callback drawing a bar while a dataset is decoded.
 
-        def on_progress(done: int, total: int):
-            nonlocal task
-            if task is None:
-                task = bar.add_task(label, total=total, info="")
-            bar.update(task, completed=done)
+    The bar starts on the first callback only, so an error raised before any decoding (a bad
+    path, a bad flag) stays a one-line message on stderr.
+    """
+    bar, task = None, None
 
+    def on_progress(done: int, total: int):
+        nonlocal bar, task
+        if bar is None:
+            bar = progress(transient=True)
+            bar.start()
+            task = bar.add_task(label, total=total, info="")
+        bar.update(task, completed=done)
+
+    try:
         yield on_progress
+    finally:
+        if bar is not None:
+            bar.stop()
 
 
 @contextlib.contextmanager

@@ -147,7 +147,7 @@ def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on
 
 
 def _resume_state(done: int, model, opt, sched, best_state, report: TrainReport) -> dict:
-    return {"epoch": done, "model": copy.deepcopy(model.state_dict()), "optimizer": opt.state_dict(),
+    return {"epoch": done, "model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
             "scheduler": sched.state_dict(), "best_state": best_state,
             "report": {"epochs": [asdict(e) for e in report.epochs], "best_epoch": report.best_epoch,
                        "best_accuracy": report.best_accuracy, "seconds": report.seconds}}

@@ -1,0 +1,84 @@
+"""Model registry, the paper's SE placement, complexity figures, structure rebuild."""
+import pytest
+import torch
+from torch import nn
+
+from rtdeploy.errors import RegistryError
+from rtdeploy.models import (SEBlock, apply_structure, attention_blocks, create_model, describe,
+                             list_models)
+from rtdeploy.models.complexity import count_macs_params
+
+SIZES = {"tiny": 32, "tiny_se": 32}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_classifies(name):
+    model = create_model(name, 7).eval()
+    size = SIZES.get(name, 64)  # the paper's 64x64 must work for every real model
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(RegistryError, match="resnet18_se.*tv/"):
+        create_model("resnet19", 10)
+    with pytest.raises(RegistryError, match="torchvision"):
+        create_model("tv/not_a_model", 10)
+
+
+def test_torchvision_models_get_a_resized_head():
+    model = create_model("tv/mobilenet_v2", 21)
+    assert model.classifier[-1].out_features == 21
+
+
+def test_resnet18_se_has_the_papers_17_blocks_in_place():
+    names = set(attention_blocks(create_model("resnet18_se", 10)))
+    expected = {"se"} | {f"layer{s}.{b}.se{k}" for s in range(1, 5) for b in range(2) for k in (1, 2)}
+    assert names == expected
+    assert not any("downsample" in n for n in names)
+    assert attention_blocks(create_model("resnet18", 10)) == {}
+
+
+def test_vgg16_se_has_one_block_per_conv_stage():
+    model = create_model("vgg16_se", 10)
+    assert len(attention_blocks(model)) == 13
+
+
+def test_resnet18_matches_the_papers_complexity_at_64px():
+    # PAPER.md: 11.18 M params (10 classes), 0.149 GMACs at 64x64; UCM at 256: 2.38 GMACs.
+    macs, params = count_macs_params(create_model("resnet18", 10), 64)
+    assert params == 11_181_642
+    assert 0.148e9 < macs < 0.150e9
+    macs256, _ = count_macs_params(create_model("resnet18", 21), 256)
+    assert 2.37e9 < macs256 < 2.39e9
+
+
+def test_se_block_computes_x_times_sigmoid_gate():
+    se = SEBlock(32).eval()
+    x = torch.randn(3, 32, 5, 5)
+    s = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3))))))
+    assert se.fc1.out_features == 2  # reduction 16
+    torch.testing.assert_close(se(x), x * s[:, :, None, None])
+
+
+def test_structure_rebuilds_a_narrowed_model():
+    model = create_model("tiny_se", 5)
+    model.layer1[0].se1 = nn.Identity()
+    model.fc = nn.Linear(32, 5)
+    model.layer2[0].conv1 = nn.Conv2d(16, 24, 3, 2, 1, bias=False)
+    model.layer2[0].bn1 = nn.BatchNorm2d(24)
+    model.layer2[0].se1 = nn.Identity()
+    model.layer2[0].conv2 = nn.Conv2d(24, 32, 3, 1, 1, bias=False)
+    structure = describe(model, removed=["layer1.0.se1", "layer2.0.se1"])
+    rebuilt = apply_structure(create_model("tiny_se", 5), structure)
+    rebuilt.load_state_dict(model.state_dict())  # strict: every shape must match
+    assert describe(rebuilt, removed=["layer1.0.se1", "layer2.0.se1"]) == structure
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.eval()(x), rebuilt.eval()(x))
+
+
+def test_structure_naming_an_unknown_layer_is_rejected():
+    with pytest.raises(ValueError, match="lacks"):
+        apply_structure(create_model("tiny", 3), {"layers": {"nope": {"type": "bn", "features": 3}}})
