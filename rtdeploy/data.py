@@ -43,7 +43,7 @@ def sample_path() -> Path:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _sixteen_bit_to_u8(img: Image.Image) -> np.ndarray:
+def _wide_to_u8(img: Image.Image) -> np.ndarray:
     # PIL's convert("RGB") clips 16/32-bit values at 255 instead of scaling them, which turns a
     # 16-bit scene white. Scale by the range the data really uses: 8 bit, 16 bit (/257 maps
     # 65535 -> 255 exactly), or, for anything else (negative or > 16 bit, float), min-max.
@@ -63,7 +63,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        return Image.fromarray(_sixteen_bit_to_u8(img)).convert("RGB")
+        return Image.fromarray(_wide_to_u8(img)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
     if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL cannot convert these to RGB directly
@@ -89,7 +89,7 @@ def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
             img.load()
             return preprocess(img, img_size)
     except _DECODE_ERRORS as exc:
-        log.warning("cannot decode %s: %s", path, exc)
+        log.info("cannot decode %s: %s", path, exc)  # raised or listed in Splits.skipped by caller
         return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -182,7 +182,7 @@ def _load_images(paths, img_size, skip_bad, on_progress, use_cache=True):
         log.info("loaded %d decoded images from cache %s", len(paths), file)
         if on_progress is not None:
             on_progress(len(paths), len(paths))
-        images, kept, bad = hit
+        bad = hit[2]
         if bad and not skip_bad:
             raise _bad_image_error(bad[0], n_bad=len(bad))
         return hit
@@ -320,6 +320,10 @@ class Splits:
     source: str
     skipped: list[str] = field(default_factory=list)
     seed: int = 0
+    # How the split was drawn, so a checkpoint's own test split can be rebuilt exactly later.
+    test_frac: float = 0.3
+    val_frac: float = 0.0
+    max_per_class: int | None = None
 
     @property
     def eval_split(self) -> ImageTensorDataset:
@@ -453,7 +457,8 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
              len(classes), len(train_i), len(val_i), len(test_i), img_size, len(skipped))
     return Splits(train=subset(train_i, augment), val=subset(val_i, False) if val_i else None,
                   test=subset(test_i, False), classes=classes, mean=mean, std=std,
-                  img_size=img_size, source=source, skipped=skipped, seed=seed)
+                  img_size=img_size, source=source, skipped=skipped, seed=seed,
+                  test_frac=test_frac, val_frac=val_frac, max_per_class=max_per_class)
 
 
 def check_classes(data_classes: list[str], model_classes: list[str]) -> None:

@@ -39,15 +39,28 @@ class CheckpointInfo:
     history: list[str]
 
 
+def _train_record(meta: ModelMeta) -> dict:
+    return next((h for h in meta.history if h.get("stage") == "train"), {})
+
+
 def train_seed(meta: ModelMeta) -> int:
     """The seed of the training run, so eval/compress see the very same test split."""
-    return next((h["seed"] for h in meta.history if h.get("stage") == "train" and "seed" in h), 0)
+    return _train_record(meta).get("seed", 0)
+
+
+def split_settings(meta: ModelMeta) -> dict:
+    """seed, test_frac, val_frac and max_per_class of the training run (defaults when unrecorded)."""
+    rec = _train_record(meta)
+    out = {"seed": rec.get("seed", 0), "test_frac": rec.get("test_frac", 0.3), "val_frac": rec.get("val_frac", 0.0)}
+    if rec.get("max_per_class") is not None:
+        out["max_per_class"] = rec["max_per_class"]
+    return out
 
 
 def splits_for(meta: ModelMeta, data: str | None, *, data_root=None, load=load_splits, **kwargs):
-    """The checkpoint's own split of `data`: same seed, size and normalisation as in training."""
-    splits = load(data, data_root=data_root, img_size=meta.img_size, seed=train_seed(meta),
-                  mean=meta.mean, std=meta.std, **kwargs)
+    """The checkpoint's own split of `data`: same seed, fractions, size and normalisation as in training."""
+    settings = {**split_settings(meta), **kwargs}
+    splits = load(data, data_root=data_root, img_size=meta.img_size, mean=meta.mean, std=meta.std, **settings)
     check_classes(splits.classes, meta.classes)
     return splits
 

@@ -31,6 +31,9 @@ for _optional in ("compress_cmd", "export_cmd", "bench_cmd"):
             raise
 
 
+INTERRUPTED = "interrupted; the last complete checkpoint is intact (continue with --resume)"
+
+
 def _debug() -> bool:
     return os.environ.get("RTDEPLOY_DEBUG", "") not in ("", "0")
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = app(args=argv, standalone_mode=False)
+        if result == 130:  # Typer turns Ctrl-C inside a command into a returned 130
+            return _fail(INTERRUPTED, 130)
         return result if isinstance(result, int) else 0
     except RtdeployError as e:
         if _debug():
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return _fail(f"{e.format_message()}{hint}", e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        return _fail("interrupted; completed checkpoints are intact (continue with --resume)", 130)
+        return _fail(INTERRUPTED, 130)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _debug():
             raise

@@ -79,8 +79,11 @@ def training_progress(label: str, epochs: int):
                        info=f"loss {s.loss:.3f} acc {100 * s.accuracy:.1f}% {s.images_per_s:.0f} img/s")
 
         def on_epoch(e):
-            bar.update(ep, completed=e.epoch,
-                       info=f"epoch {e.epoch}: eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)")
+            line = (f"epoch {e.epoch}/{epochs}: loss {e.train_loss:.3f}, train {100 * e.train_accuracy:.1f}%, "
+                    f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s, {e.images_per_s:.0f} img/s)")
+            bar.update(ep, completed=e.epoch, info=line.split(": ", 1)[1].split(", ")[2])
+            if not err_console.is_terminal:  # logs and pipes get one line per epoch instead of a bar
+                err_console.print(f"{label}: {line}", highlight=False)
             bar.reset(st, total=1, info="")
 
         yield on_step, on_epoch

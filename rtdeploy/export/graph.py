@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, shape_inference
+from onnx import TensorProto, helper, shape_inference
 
 from ..errors import ModelFileError
 
@@ -81,12 +81,21 @@ def node_count(model: onnx.ModelProto) -> int:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Weights stored in the graph: float/int8 initializers, not Q/DQ scales, zero points or shapes."""
-    qparams = {n.input[i] for n in model.graph.node if n.op_type in _QDQ_OPS for i in (1, 2) if i < len(n.input)}
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
-    return sum(int(np.prod(t.dims, dtype=np.int64)) for t in tensors
-               if t.name not in qparams and t.data_type not in _SKIP_DTYPES)
+    """Weights the graph computes with: float/int8 initializers, not Q/DQ scales, zero points or
+    shape tensors. Counted per use (through Q/DQ nodes to the op that consumes them): simplifiers
+    merge identical tensors (e.g. the all-zero folded convolutions of an untrained
+    zero_init_residual ResNet), which must not hide parameters."""
+    nodes = model.graph.node
+    qparams = {n.input[i] for n in nodes if n.op_type in _QDQ_OPS for i in (1, 2) if i < len(n.input)}
+    tensors = {t.name: t for t in model.graph.initializer}
+    tensors.update({n.output[0]: a.t for n in nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    quantized = {n.input[0] for n in nodes if n.op_type == "DequantizeLinear"}  # int8 weights, int32 biases
+    sizes = {name: int(np.prod(t.dims, dtype=np.int64)) for name, t in tensors.items()
+             if name not in qparams and (name in quantized or t.data_type not in _SKIP_DTYPES)}
+    for n in nodes:  # graph order is topological: a weight's Q/DQ output stands for the weight
+        if n.op_type in _QDQ_OPS and n.input[0] in sizes:
+            sizes[n.output[0]] = sizes[n.input[0]]
+    return sum(sizes.get(name, 0) for n in nodes if n.op_type not in _QDQ_OPS for name in n.input)
 
 
 def _shapes(model: onnx.ModelProto, spec: InputSpec, img_size: int | None) -> dict[str, list[int | None]]:

@@ -5,6 +5,8 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
 from ..env import versions
 from ..errors import CheckpointError, ConfigError
@@ -55,6 +57,7 @@ def summary_path(out: str | Path) -> Path:
 
 def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: str = "ce",
                  resume: str | Path | None = None, on_step=None, on_epoch=None) -> TrainSummary:
+    torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights
     model = create_model(arch, len(splits.classes))
     meta = ModelMeta(arch=arch, classes=list(splits.classes), img_size=splits.img_size,
                      mean=tuple(splits.mean), std=tuple(splits.std))
@@ -62,9 +65,10 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
     last = resume_path(out)
 
     def save(best, resume_state, report: TrainReport):
-        save_checkpoint(last, model, meta, state=resume_state)
+        # Best first: whenever '<out>.last' exists, so does a loadable '<out>'.
         meta.history = [_history(arch, splits, cfg, report)]
         save_checkpoint(out, best, meta)
+        save_checkpoint(last, model, meta, state=resume_state)
 
     best, report = fit(model, splits.train, splits.eval_split, create_loss(loss), cfg,
                        on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
@@ -87,6 +91,7 @@ def _split_sizes(splits) -> dict:
 
 def _history(arch, splits, cfg, report: TrainReport) -> dict:
     return {"stage": "train", "arch": arch, "data": splits.source, "seed": cfg.seed,
+            "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
             "epochs": len(report.epochs), "best_epoch": report.best_epoch,
             "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
 

@@ -1,0 +1,278 @@
+"""`rtdeploy compress` as a library call: RemoteTrimmer's pipeline on a trained checkpoint.
+
+checkpoint -> evaluate -> capture SE attention -> fold into BN + strip SE -> prune (criterion)
+-> fine-tune (AML or CE, optional distillation) -> pruned checkpoint + JSON report.
+Each stage is timed, reported, and checked (fold parity, pruned shapes, exact reload).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .attention import capture_attention
+from .checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from .data import check_classes, make_loader
+from .env import versions
+from .errors import ConfigError, PipelineError
+from .fsutil import write_json
+from .models import has_attention
+from .models.complexity import count_macs_params
+from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
+                    clear_attention_marks, fold_attention, fold_plan, prune_model)
+from .train import Distilled, TrainConfig, create_loss, evaluate, fit, resolve_device
+from .train.losses import LOSSES
+
+log = logging.getLogger(__name__)
+
+
+def finetune_defaults() -> TrainConfig:
+    # The pruned net starts from trained weights, so a peak lr 5x below training from scratch
+    # (0.05) keeps what it inherited; 0.01 is the paper's fine-tuning lr. Momentum 0.9 + cosine
+    # decay (instead of the paper's plain SGD with x0.1 steps) converge within fewer epochs.
+    return TrainConfig(epochs=30, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+
+
+@dataclass
+class CompressConfig:
+    criterion: str = "cap"
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    loss: str = "aml"
+    r1: float = 1.0
+    r2: float = 1.0
+    train: TrainConfig = field(default_factory=finetune_defaults)
+    distill: bool = False  # beyond the paper: knowledge distillation from the unpruned model
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.5
+    calib_images: int = 1024
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        self.loss_fn()  # --r1/--r2/--kd-* are checked where the losses are built
+        if self.calib_images < 1:
+            raise ConfigError(f"--calib-images must be >= 1, got {self.calib_images}")
+        check_criterion(self.criterion)
+
+    def loss_fn(self) -> nn.Module:
+        base = create_loss(self.loss, r1=self.r1, r2=self.r2)
+        return Distilled(base, self.kd_temperature, self.kd_weight) if self.distill else base
+
+
+@dataclass
+class StageEvent:
+    """A stage starting (seconds None) or finished (seconds, detail set): for progress display."""
+
+    name: str
+    label: str
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class CompressReport:
+    criterion: str
+    ratio: float
+    params: dict  # {"before": int, "after": int}
+    macs: dict  # {"before": int, "after": int}
+    accuracy: dict  # {"original", "folded" (None without SE), "pruned", "finetuned"}: fractions
+    seconds: dict  # {stage: seconds}
+    seed: int
+    arch: str
+    data: str
+    img_size: int
+    eval_split: str
+    source: str
+    checkpoint: str
+    stages: list[dict]  # rows original/folded/pruned/finetuned: params, macs, accuracy
+    fold: dict | None
+    prune: dict
+    finetune: dict
+    settings: dict
+    versions: dict = field(default_factory=versions)
+
+
+class _Stages:
+    """Times each stage and tells the caller when one starts and ends."""
+
+    def __init__(self, on_stage: Callable[[StageEvent], None] | None):
+        self.on_stage, self.seconds = on_stage, {}
+
+    @contextlib.contextmanager
+    def run(self, name: str, label: str):
+        event = StageEvent(name, label)
+        if self.on_stage:
+            self.on_stage(event)
+        t0 = time.perf_counter()
+        yield event
+        event.seconds = self.seconds[name] = time.perf_counter() - t0
+        if self.on_stage:
+            self.on_stage(event)
+
+
+def preflight(ckpt_path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, ModelMeta]:
+    """Load the checkpoint and run every check that needs no data: criterion vs. model, the SE
+    blocks foldable (for cap), the ratio not emptying a layer. Cheap; call before decoding data."""
+    model, meta = load_checkpoint(ckpt_path)
+    check_model_for(cfg.criterion, model)
+    if cfg.criterion == "cap":
+        fold_plan(model)  # FoldError names the SE block without a BatchNorm before it
+    check_ratio(model, cfg.prune)
+    return model, meta
+
+
+def planned_stages(model: nn.Module, cfg: CompressConfig) -> list[str]:
+    """The stage names compress will run for this (preflighted) model, in order."""
+    folds = has_attention(model) and _fold_or_keep(model, cfg) is None
+    fold = ["capture", "fold", "evaluate_folded"] if folds else []
+    return ["evaluate_original", *fold, "prune", "evaluate_pruned", "finetune", "evaluate_finetuned", "save"]
+
+
+def _fold_or_keep(model: nn.Module, cfg: CompressConfig) -> str | None:
+    """Why the SE blocks must stay in the model (None: they can be folded). Only a non-cap
+    criterion gets this far with unfoldable SE blocks: torch-pruning then prunes through them."""
+    try:
+        fold_plan(model)
+    except FoldError as e:
+        if cfg.criterion == "cap":
+            raise
+        return str(e)
+    return None
+
+
+def _history(cfg: CompressConfig, prune_ratio: float, accuracy: dict, row: dict, source: str) -> dict:
+    return {"stage": "compress", "criterion": cfg.criterion, "ratio": prune_ratio, "scope": cfg.prune.scope,
+            "round_to": cfg.prune.round_to, "target_macs": cfg.prune.target_macs, "loss": cfg.loss,
+            "distill": cfg.distill, "epochs": cfg.train.epochs, "seed": cfg.train.seed, "data": source,
+            "accuracy": accuracy, "macs": row["macs"], "params": row["params"], "versions": versions()}
+
+
+def _save_and_verify(out: Path, model: nn.Module, meta: ModelMeta, probe: torch.Tensor) -> None:
+    """Write the checkpoint, reload it, and demand identical outputs (else remove it)."""
+    save_checkpoint(out, model, meta)
+    reloaded, _ = load_checkpoint(out)
+    model.eval()
+    with torch.no_grad():
+        same = torch.equal(model.cpu()(probe.cpu()), reloaded(probe.cpu()))
+    if not same:
+        out.unlink(missing_ok=True)
+        raise PipelineError(f"the pruned checkpoint does not reload to the same outputs; {out} was not kept")
+
+
+@dataclass
+class _Run:
+    """State shared by the stages of one compress run."""
+
+    cfg: CompressConfig
+    splits: object
+    device: torch.device
+    stages: _Stages
+    rows: list[dict] = field(default_factory=list)
+    accuracy: dict = field(default_factory=lambda: dict.fromkeys(("original", "folded", "pruned", "finetuned")))
+
+    def calib(self, batch_size: int | None = None):
+        """Shuffled train batches (calibration must see every class, and the split is class-sorted)."""
+        return make_loader(self.splits.train, batch_size or self.cfg.train.batch_size, shuffle=True,
+                           seed=self.cfg.train.seed)
+
+    def measure(self, stage: str, model: nn.Module) -> None:
+        """Accuracy on the test split, params and MACs of `model` after `stage`."""
+        with self.stages.run(f"evaluate_{stage}", f"evaluate the {stage} model") as ev:
+            acc = self.accuracy[stage] = evaluate(model, self.splits.test, 128, self.device).accuracy
+            macs, params = count_macs_params(model, self.splits.img_size)
+            self.rows.append({"stage": stage, "params": params, "macs": macs, "accuracy": acc})
+            ev.detail = f"accuracy {100 * acc:.2f} %"
+
+
+def _capture_and_fold(run: _Run, model: nn.Module, on_progress) -> FoldReport:
+    with run.stages.run("capture", "capture SE attention") as ev:
+        means = capture_attention(model, run.calib(), run.cfg.calib_images, on_progress)
+        ev.detail = f"{len(means)} SE blocks, {min(run.cfg.calib_images, len(run.splits.train))} images"
+    with run.stages.run("fold", "fold attention into BatchNorm, strip SE") as ev:
+        report = fold_attention(model, means, next(iter(run.calib(16)))[0])
+        ev.detail = f"max |diff| {report.max_abs_diff:.1e}"
+    return report
+
+
+def _prune(run: _Run, model: nn.Module) -> PruneReport:
+    cfg, size = run.cfg, run.splits.img_size
+    with run.stages.run("prune", f"prune ({cfg.criterion}, {cfg.prune.scope})") as ev:
+        example = torch.zeros(1, 3, size, size, device=run.device)
+        report = prune_model(model, cfg.criterion, example, cfg.prune, calib=run.calib(), seed=cfg.train.seed)
+        clear_attention_marks(model)
+        ev.detail = f"ratio {report.ratio:.3g}: MACs x{report.macs_fraction:.3f}"
+    return report
+
+
+def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, on_epoch):
+    cfg = run.cfg
+    with run.stages.run("finetune", f"fine-tune {cfg.train.epochs} epochs ({cfg.loss})") as ev:
+        best, report = fit(model, run.splits.train, run.splits.eval_split, cfg.loss_fn(), cfg.train,
+                           teacher=teacher, on_step=on_step, on_epoch=on_epoch)
+        ev.detail = f"best epoch {report.best_epoch}"
+    return best, report
+
+
+def _check_data(splits, meta: ModelMeta) -> None:
+    check_classes(splits.classes, meta.classes)
+    if splits.img_size != meta.img_size:
+        raise ConfigError(f"the data is at {splits.img_size}px but the model was trained at {meta.img_size}px; "
+                          "load it with evaluation.splits_for(meta, ...)")
+
+
+def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | Path,
+             report_path: str | Path | None = None,
+             on_stage: Callable[[StageEvent], None] | None = None,
+             on_progress: Callable[[int, int], None] | None = None,
+             on_step=None, on_epoch=None) -> CompressReport:
+    """Run the pipeline on the checkpoint at `ckpt_path` with `splits` (from
+    evaluation.splits_for, so the checkpoint's own split and normalisation); write the pruned
+    checkpoint to `out` and, when given, the report as JSON to `report_path`.
+
+    on_stage(StageEvent) at each stage's start and end; on_progress(done, total) while capturing
+    attention; on_step/on_epoch during fine-tuning (see train.loop.fit).
+    """
+    t0, out = time.perf_counter(), Path(out)
+    model, meta = preflight(ckpt_path, cfg)
+    _check_data(splits, meta)
+    run = _Run(cfg, splits, resolve_device(cfg.train.device), _Stages(on_stage))
+    model.to(run.device)
+    teacher = copy.deepcopy(model) if cfg.distill else None  # the unpruned original, SE included
+    run.measure("original", model)
+    fold, kept_reason = None, _fold_or_keep(model, cfg) if has_attention(model) else None
+    if kept_reason is not None:
+        log.warning("SE blocks stay in the model (%s); pruning through them", kept_reason)
+    elif has_attention(model):
+        # Every criterion gets the folded, SE-free model: the deployable network is the same for
+        # all of them (no SE at inference), so comparisons differ in the channel ranking alone.
+        fold = asdict(_capture_and_fold(run, model, on_progress))
+        run.measure("folded", model)
+    pruned = _prune(run, model)
+    run.measure("pruned", model)
+    best, tr = _finetune(run, model, teacher, on_step, on_epoch)
+    run.measure("finetuned", best)
+    with run.stages.run("save", f"save {out}"):
+        meta = copy.deepcopy(meta)
+        meta.history.append(_history(cfg, pruned.ratio, run.accuracy, run.rows[-1], splits.source))
+        _save_and_verify(out, best, meta, next(iter(make_loader(splits.test, 8, shuffle=False)))[0])
+    report = CompressReport(
+        criterion=cfg.criterion, ratio=pruned.ratio,
+        params={"before": run.rows[0]["params"], "after": run.rows[-1]["params"]},
+        macs={"before": run.rows[0]["macs"], "after": run.rows[-1]["macs"]},
+        accuracy=run.accuracy, seconds=run.stages.seconds | {"total": time.perf_counter() - t0},
+        seed=cfg.train.seed, arch=meta.arch, data=splits.source, img_size=meta.img_size, eval_split="test",
+        source=str(ckpt_path), checkpoint=str(out), stages=run.rows,
+        fold=fold if kept_reason is None else {"kept_reason": kept_reason}, prune=asdict(pruned),
+        finetune={"best_epoch": tr.best_epoch, "best_accuracy": tr.best_accuracy,
+                  "epochs": [asdict(e) for e in tr.epochs]},
+        settings=asdict(cfg))
+    if report_path is not None:
+        write_json(report_path, asdict(report))
+    return report

@@ -1,0 +1,237 @@
+"""Fold each SE block's mean attention into the BatchNorm before it, then strip the SE blocks.
+
+CAP (RemoteTrimmer, sec. 2.2) replaces every SE block by its mean scale s_bar (from
+attention.capture_attention) and pushes that scale into the preceding BatchNorm:
+gamma' = gamma * s_bar, beta' = beta * s_bar. The deployable model has no SE left, and
+|gamma'| = s_bar * |gamma| is the CAP channel importance (prune/criteria.py).
+
+Which BatchNorm an SE block follows is read from the traced graph (torch.fx, SE blocks kept
+as leaves), never guessed from module names: conv -> BN [-> ReLU] -> SE, where the BN (and
+ReLU) output feeds nothing but that SE block.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import PipelineError, UserInputError
+from ..models.layers import SEBlock, attention_blocks
+from ..models.structure import set_module
+
+log = logging.getLogger(__name__)
+
+ATTENTION_ATTR = "rt_attention"  # s_bar kept on each folded BN (non-persistent buffer) for the criteria
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+_RELU_METHODS = ("relu", "relu_")
+_TOLERANCE = 1e-4  # relative to the output scale: float32 reassociation error is ~1e-6
+
+
+class FoldError(UserInputError):
+    """An SE block cannot be folded (no BatchNorm right before it): exit 2, names the block."""
+
+
+@dataclass
+class FoldLink:
+    """SE block `se` follows BatchNorm `bn`, with a ReLU between them when `relu` is True."""
+
+    se: str
+    bn: str
+    relu: bool
+
+
+@dataclass
+class FoldReport:
+    blocks: list[dict] = field(default_factory=list)  # per SE: se, bn, relu, s_bar mean/min/max
+    removed: list[str] = field(default_factory=list)  # SE modules now nn.Identity
+    params_removed: int = 0
+    # Coefficient of variation of |gamma| per folded BN, averaged: the paper's motivation is that
+    # gamma is nearly uniform in remote-sensing models while gamma' = s_bar * gamma spreads.
+    gamma_cv_before: float = 0.0
+    gamma_cv_after: float = 0.0
+    max_abs_diff: float = 0.0  # folded model vs. the model with each SE fixed to s_bar
+    tolerance: float = 0.0
+    ok: bool = True
+
+
+class _SELeafTracer(fx.Tracer):
+    """Trace the model but keep every SE block as one call, so the graph shows what feeds it."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SEBlock) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    try:
+        return _SELeafTracer().trace(model)
+    except Exception as e:  # noqa: BLE001 - fx raises many types for untraceable Python
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FoldError(f"cannot trace the model to find the BatchNorm before each SE block "
+                        f"(torch.fx: {first}); use --criterion bn") from e
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.ReLU)
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    return node.op == "call_method" and node.target in _RELU_METHODS
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} '{node.target}'"
+    if node.op == "placeholder":
+        return "the model input"
+    return f"{getattr(node.target, '__name__', node.target)}()"
+
+
+def _link(se_node: fx.Node, modules: dict[str, nn.Module]) -> FoldLink:
+    """Walk back from an SE call through an optional ReLU to a BatchNorm2d, or raise FoldError."""
+    se = se_node.target
+    node, relu = se_node.args[0], False
+
+    def fail(why: str) -> FoldError:
+        return FoldError(f"CAP needs a BatchNorm right before SE block '{se}' ({why}); folding works "
+                         f"on conv -> BatchNorm [-> ReLU] -> SE; use --criterion bn")
+
+    if not isinstance(node, fx.Node):
+        raise fail("its input is not a tensor computed by the model")
+    if _is_relu(node, modules):
+        if len(node.users) != 1:
+            raise fail(f"the ReLU before it also feeds {len(node.users) - 1} other op(s)")
+        node, relu = node.args[0], True
+    if not (isinstance(node, fx.Node) and node.op == "call_module"
+            and isinstance(modules[node.target], nn.BatchNorm2d)):
+        raise fail(f"it follows {_describe(node, modules) if isinstance(node, fx.Node) else node!r}")
+    if len(node.users) != 1:
+        raise fail(f"BatchNorm '{node.target}' also feeds {len(node.users) - 1} other op(s)")
+    if not modules[node.target].affine:
+        raise fail(f"BatchNorm '{node.target}' has no affine gamma/beta to scale")
+    return FoldLink(se=se, bn=node.target, relu=relu)
+
+
+def fold_plan(model: nn.Module) -> list[FoldLink]:
+    """For every SE block, the BatchNorm it follows; FoldError naming the first that has none."""
+    if not attention_blocks(model):
+        return []
+    modules = dict(model.named_modules())
+    graph = _trace(model)
+    links = [_link(n, modules) for n in graph.nodes
+             if n.op == "call_module" and isinstance(modules[n.target], SEBlock)]
+    seen = {}
+    for link in links:  # one SE module called twice would scale its BN twice
+        if link.se in seen:
+            raise FoldError(f"SE block '{link.se}' is used more than once in the forward pass; "
+                            "folding needs one BatchNorm per SE block; use --criterion bn")
+        seen[link.se] = link
+    return links
+
+
+def _cv(x: torch.Tensor) -> float:
+    x = x.abs().double()
+    return float(x.std() / x.mean().clamp_min(1e-12)) if x.numel() > 1 else 0.0
+
+
+def _constant_scale_hook(s_bar: torch.Tensor):
+    """Forward hook making an SE block return x * s_bar: the reference the folded model must match."""
+    def hook(module, inputs, output):
+        x = inputs[0]
+        return x * s_bar.to(x.device, x.dtype).view(1, -1, 1, 1)
+    return hook
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x.to(next(model.parameters()).device)).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def _scale_bn(bn: nn.BatchNorm2d, s_bar: torch.Tensor) -> None:
+    # Exact through ReLU: relu(a * x) = a * relu(x) for every a >= 0 (ReLU is positively
+    # homogeneous), and s_bar is a sigmoid mean, so in (0, 1). Hence SE-with-constant-scale
+    # after BN[+ReLU] equals a BN whose affine output is scaled by s_bar: gamma' = gamma * s_bar,
+    # beta' = beta * s_bar. Without a ReLU in between it is plain linearity.
+    s = s_bar.to(bn.weight.device, bn.weight.dtype)
+    bn.weight.mul_(s)
+    bn.bias.mul_(s)
+    if hasattr(bn, ATTENTION_ATTR):
+        delattr(bn, ATTENTION_ATTR)
+    # Not persistent: it steers the ranking only and must not enter checkpoints or ONNX files.
+    bn.register_buffer(ATTENTION_ATTR, s.detach().clone(), persistent=False)
+
+
+def _check_means(links: list[FoldLink], means: dict[str, torch.Tensor], model: nn.Module) -> None:
+    for link in links:
+        if link.se not in means:
+            raise PipelineError(f"no captured attention for SE block '{link.se}'; run capture_attention first")
+        bn = model.get_submodule(link.bn)
+        if means[link.se].shape != (bn.num_features,):
+            raise PipelineError(f"attention of '{link.se}' has shape {tuple(means[link.se].shape)}, "
+                                f"BatchNorm '{link.bn}' has {bn.num_features} channels")
+
+
+@torch.no_grad()
+def fold_attention(model: nn.Module, means: dict[str, torch.Tensor],
+                   check_inputs: torch.Tensor | None = None) -> FoldReport:
+    """Fold `means` (from capture_attention) into the BatchNorms and strip the SE blocks, in place.
+
+    Verifies that the folded model computes what the original computes with every SE block
+    fixed to its mean scale (max |difference| <= 1e-4 x output scale, else PipelineError).
+    `check_inputs`: images for that check (default: 4 seeded random 64x64 images).
+    """
+    links = fold_plan(model)
+    report = FoldReport()
+    if not links:
+        return report
+    _check_means(links, means, model)
+    if check_inputs is None:
+        check_inputs = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    handles = [model.get_submodule(l.se).register_forward_hook(_constant_scale_hook(means[l.se])) for l in links]
+    try:
+        reference = _outputs(model, check_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    cv_before, cv_after = [], []
+    for link in links:
+        bn, s = model.get_submodule(link.bn), means[link.se]
+        cv_before.append(_cv(bn.weight))
+        report.params_removed += sum(p.numel() for p in model.get_submodule(link.se).parameters())
+        _scale_bn(bn, s)
+        cv_after.append(_cv(bn.weight))
+        set_module(model, link.se, nn.Identity())
+        report.blocks.append({"se": link.se, "bn": link.bn, "relu": link.relu, "s_mean": float(s.mean()),
+                              "s_min": float(s.min()), "s_max": float(s.max())})
+        report.removed.append(link.se)
+    report.gamma_cv_before = sum(cv_before) / len(cv_before)
+    report.gamma_cv_after = sum(cv_after) / len(cv_after)
+    folded = _outputs(model, check_inputs)
+    report.max_abs_diff = float((folded - reference).abs().max())
+    report.tolerance = _TOLERANCE * max(1.0, float(reference.abs().max()))
+    report.ok = report.max_abs_diff <= report.tolerance
+    if not report.ok:
+        raise PipelineError(f"folding SE attention changed the outputs by {report.max_abs_diff:.3g} "
+                            f"(tolerance {report.tolerance:.3g}); the model is not conv-BN-ReLU-SE as traced")
+    log.info("folded %d SE blocks into their BatchNorms (max |diff| %.2e)", len(links), report.max_abs_diff)
+    return report
+
+
+def attention_of(bn: nn.Module) -> torch.Tensor | None:
+    """The folded s_bar carried by a BatchNorm, or None (no SE was folded into it)."""
+    return getattr(bn, ATTENTION_ATTR, None)
+
+
+def clear_attention_marks(model: nn.Module) -> None:
+    """Drop the s_bar buffers once ranking is done (pruning does not slice them)."""
+    for m in model.modules():
+        if ATTENTION_ATTR in m._buffers:
+            del m._buffers[ATTENTION_ATTR]

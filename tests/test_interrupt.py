@@ -1,0 +1,52 @@
+"""Ctrl-C / SIGTERM during training leaves the last complete epoch loadable, and --resume
+finishes with the same weights as an uninterrupted run (issue 5)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rtdeploy.checkpoint import load_checkpoint, read_checkpoint
+
+pytestmark = pytest.mark.slow
+EPOCHS = 12
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "rtdeploy", "train", "--data", str(data), "--arch", "tiny_se",
+            "--img-size", "24", "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "3", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_training_resumes_to_the_same_result(image_folder, tmp_path, sig):
+    data = image_folder(n_classes=3, per_class=30, size=32)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    interrupted = tmp_path / "cut.pt"
+    proc = subprocess.Popen(_train_cmd(data, interrupted), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    last = tmp_path / "cut.pt.last"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    _, _, state = read_checkpoint(last)  # the last complete epoch is whole and loadable
+    done = state["epoch"]
+    assert 1 <= done < EPOCHS
+    load_checkpoint(interrupted)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no half-written files
+
+    resumed = subprocess.run(_train_cmd(data, interrupted, "--resume", last), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = tmp_path / "straight.pt"
+    full = subprocess.run(_train_cmd(data, straight), capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr
+    a, _ = load_checkpoint(straight)
+    b, _ = load_checkpoint(interrupted)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
