@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,10 +19,10 @@ import torch
 from torch import nn
 
 from .attention import capture_attention
-from .checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from .checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
 from .data import check_classes, make_loader
 from .env import versions
-from .errors import ConfigError, PipelineError
+from .errors import CheckpointError, ConfigError, PipelineError
 from .fsutil import write_json
 from .models import has_attention
 from .models.complexity import count_macs_params
@@ -211,13 +212,64 @@ def _prune(run: _Run, model: nn.Module) -> PruneReport:
     return report
 
 
-def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, on_epoch):
+def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, on_epoch, save, resume):
     cfg = run.cfg
     with run.stages.run("finetune", f"fine-tune {cfg.train.epochs} epochs ({cfg.loss})") as ev:
         best, report = fit(model, run.splits.train, run.splits.eval_split, cfg.loss_fn(), cfg.train,
-                           teacher=teacher, on_step=on_step, on_epoch=on_epoch)
+                           teacher=teacher, on_step=on_step, on_epoch=on_epoch, save=save, resume=resume)
         ev.detail = f"best epoch {report.best_epoch}"
     return best, report
+
+
+def resume_path(out: str | Path) -> Path:
+    """'<out>.last': the pruned model after the last complete fine-tuning epoch, with the state
+    that --resume needs (the same convention as `rtdeploy train`)."""
+    out = Path(out)
+    return out.with_name(out.name + ".last")
+
+
+def _saver(run: _Run, model: nn.Module, meta: ModelMeta, context: dict, last: Path):
+    """fit's per-epoch callback: keep '<out>.last' (pruned structure + fine-tune + stage state)."""
+    def save(best, state, report):
+        ctx = {**context, "accuracy": dict(run.accuracy), "rows": list(run.rows), "seconds": dict(run.stages.seconds)}
+        save_checkpoint(last, model, meta, state={"finetune": state, "compress": ctx, "settings": _settings_key(run.cfg)})
+    return save
+
+
+def _settings_key(cfg: CompressConfig) -> str:
+    """Everything that must match for --resume to continue the same run (device/workers may change)."""
+    settings = asdict(cfg)
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("device", "workers")}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _load_resume(path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, dict, dict]:
+    """The pruned model, the stage context and the fine-tune state of an interrupted run."""
+    model, _ = load_checkpoint(path)
+    _, _, state = read_checkpoint(path)
+    if "compress" not in state or "finetune" not in state:
+        raise CheckpointError(f"--resume {path} is not the '<out>.last' file of an interrupted compress run")
+    if state["settings"] != _settings_key(cfg):
+        raise ConfigError(f"--resume {path} was made with other compress settings; repeat the same command "
+                          "with --resume added")
+    return model, state["compress"], state["finetune"]
+
+
+def _prepare(run: _Run, model: nn.Module, on_progress) -> dict:
+    """original -> (capture -> fold) -> prune, measuring after each; returns the stage context."""
+    cfg = run.cfg
+    run.measure("original", model)
+    fold, kept_reason = None, _fold_or_keep(model, cfg) if has_attention(model) else None
+    if kept_reason is not None:
+        log.warning("SE blocks stay in the model (%s); pruning through them", kept_reason)
+    elif has_attention(model):
+        # Every criterion gets the folded, SE-free model: the deployable network is the same for
+        # all of them (no SE at inference), so comparisons differ in the channel ranking alone.
+        fold = asdict(_capture_and_fold(run, model, on_progress))
+        run.measure("folded", model)
+    pruned = asdict(_prune(run, model))
+    run.measure("pruned", model)
+    return {"fold": fold, "kept_reason": kept_reason, "prune": pruned}
 
 
 def _check_data(splits, meta: ModelMeta) -> None:
@@ -231,13 +283,14 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
              report_path: str | Path | None = None,
              on_stage: Callable[[StageEvent], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
-             on_step=None, on_epoch=None) -> CompressReport:
+             on_step=None, on_epoch=None, resume: str | Path | None = None) -> CompressReport:
     """Run the pipeline on the checkpoint at `ckpt_path` with `splits` (from
     evaluation.splits_for, so the checkpoint's own split and normalisation); write the pruned
     checkpoint to `out` and, when given, the report as JSON to `report_path`.
 
     on_stage(StageEvent) at each stage's start and end; on_progress(done, total) while capturing
-    attention; on_step/on_epoch during fine-tuning (see train.loop.fit).
+    attention; on_step/on_epoch during fine-tuning (see train.loop.fit). '<out>.last' is written
+    after every fine-tuning epoch; `resume=` that file continues an interrupted run.
     """
     t0, out = time.perf_counter(), Path(out)
     model, meta = preflight(ckpt_path, cfg)
@@ -245,33 +298,35 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     run = _Run(cfg, splits, resolve_device(cfg.train.device), _Stages(on_stage))
     model.to(run.device)
     teacher = copy.deepcopy(model) if cfg.distill else None  # the unpruned original, SE included
-    run.measure("original", model)
-    fold, kept_reason = None, _fold_or_keep(model, cfg) if has_attention(model) else None
-    if kept_reason is not None:
-        log.warning("SE blocks stay in the model (%s); pruning through them", kept_reason)
-    elif has_attention(model):
-        # Every criterion gets the folded, SE-free model: the deployable network is the same for
-        # all of them (no SE at inference), so comparisons differ in the channel ranking alone.
-        fold = asdict(_capture_and_fold(run, model, on_progress))
-        run.measure("folded", model)
-    pruned = _prune(run, model)
-    run.measure("pruned", model)
-    best, tr = _finetune(run, model, teacher, on_step, on_epoch)
+    if resume is None:
+        context = _prepare(run, model, on_progress)
+        state = None
+    else:  # capture, fold and prune were done before the interruption: continue fine-tuning
+        model, context, state = _load_resume(resume, cfg)
+        run.accuracy.update(context["accuracy"])
+        run.rows[:] = context["rows"]
+        run.stages.seconds.update(context["seconds"])
+        model.to(run.device)
+    fold, kept_reason, pruned = context["fold"], context["kept_reason"], context["prune"]
+    save = _saver(run, model, meta, {k: context[k] for k in ("fold", "kept_reason", "prune")}, resume_path(out))
+    best, tr = _finetune(run, model, teacher, on_step, on_epoch, save, state)
+    # The paper keeps the best test epoch; the last epoch is the number free of that selection.
+    run.accuracy["finetuned_last"] = tr.final_accuracy
     run.measure("finetuned", best)
     with run.stages.run("save", f"save {out}"):
         meta = copy.deepcopy(meta)
-        meta.history.append(_history(cfg, pruned.ratio, run.accuracy, run.rows[-1], splits.source))
+        meta.history.append(_history(cfg, pruned["ratio"], run.accuracy, run.rows[-1], splits.source))
         _save_and_verify(out, best, meta, next(iter(make_loader(splits.test, 8, shuffle=False)))[0])
     report = CompressReport(
-        criterion=cfg.criterion, ratio=pruned.ratio,
+        criterion=cfg.criterion, ratio=pruned["ratio"],
         params={"before": run.rows[0]["params"], "after": run.rows[-1]["params"]},
         macs={"before": run.rows[0]["macs"], "after": run.rows[-1]["macs"]},
         accuracy=run.accuracy, seconds=run.stages.seconds | {"total": time.perf_counter() - t0},
         seed=cfg.train.seed, arch=meta.arch, data=splits.source, img_size=meta.img_size, eval_split="test",
         source=str(ckpt_path), checkpoint=str(out), stages=run.rows,
-        fold=fold if kept_reason is None else {"kept_reason": kept_reason}, prune=asdict(pruned),
+        fold=fold if kept_reason is None else {"kept_reason": kept_reason}, prune=pruned,
         finetune={"best_epoch": tr.best_epoch, "best_accuracy": tr.best_accuracy,
-                  "epochs": [asdict(e) for e in tr.epochs]},
+                  "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch},
         settings=asdict(cfg))
     if report_path is not None:
         write_json(report_path, asdict(report))

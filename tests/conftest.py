@@ -49,6 +49,18 @@ def make_image_folder(root: Path, n_classes: int = 3, per_class: int = 6, size: 
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and two spinning OpenMP pools on a shared 2-core
+    machine (a CI box, a parallel job) slow each step by 100x. Subprocess tests are unaffected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _private_image_cache(tmp_path_factory: pytest.TempPathFactory):
     """Never read or write the user's ~/.cache/rtdeploy during tests."""
     old = {k: os.environ.get(k) for k in ("RTDEPLOY_CACHE_DIR", "RTDEPLOY_NO_CACHE")}

@@ -16,16 +16,6 @@ from rtdeploy.prune import FoldError, fold_attention, fold_plan
 from rtdeploy.prune.fold import ATTENTION_ATTR
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting made them ~100x slower; restore the setting for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def perturbed(arch: str, classes: int = 5, seed: int = 0) -> nn.Module:
     """A random-init model with non-trivial BN statistics and SE biases (eval mode)."""
     torch.manual_seed(seed)

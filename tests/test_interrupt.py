@@ -50,3 +50,43 @@ def test_interrupted_training_resumes_to_the_same_result(image_folder, tmp_path,
     b, _ = load_checkpoint(interrupted)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _compress_cmd(ckpt, data, out, *extra):
+    return [sys.executable, "-m", "rtdeploy", "compress", str(ckpt), "--data", str(data), "--ratio", "0.5",
+            "--round-to", "1", "--epochs", str(EPOCHS), "--batch-size", "4", "--out", str(out), *extra]
+
+
+def test_interrupted_compress_resumes_to_the_same_result(image_folder, tmp_path):
+    data = image_folder(n_classes=3, per_class=30, size=32)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = tmp_path / "base.pt"
+    trained = subprocess.run([*_train_cmd(data, base)[:-4], "--epochs", "1", "--out", str(base)],
+                             capture_output=True, text=True, env=env)
+    assert trained.returncode == 0, trained.stderr
+    cut = tmp_path / "cut.pt"
+    proc = subprocess.Popen(_compress_cmd(base, data, cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)
+    last = tmp_path / "cut.pt.last"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert not cut.exists()  # the pruned checkpoint is only written when fine-tuning is complete
+    _, _, state = read_checkpoint(last)
+    assert 1 <= state["finetune"]["epoch"] < EPOCHS
+
+    resumed = subprocess.run(_compress_cmd(base, data, cut, "--resume", last), capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = tmp_path / "straight.pt"
+    full = subprocess.run(_compress_cmd(base, data, straight), capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr
+    a, _ = load_checkpoint(straight)
+    b, _ = load_checkpoint(cut)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
+    other = subprocess.run(_compress_cmd(base, data, tmp_path / "x.pt", "--resume", last, "--loss", "ce"),
+                           capture_output=True, text=True, env=env)
+    assert other.returncode == 2 and "other compress settings" in other.stderr

@@ -21,16 +21,6 @@ Y = torch.tensor([0, 2])
 EXPECTED_TERM, EXPECTED_CE = 2.0856600, 1.4978661
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting made them ~100x slower; restore the setting for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_aml_matches_hand_computed_batch():
     z = P.log()
     assert AdaptiveMiningLoss()(z, Y).item() == pytest.approx(EXPECTED_TERM + EXPECTED_CE, abs=1e-6)

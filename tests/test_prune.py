@@ -15,16 +15,6 @@ from rtdeploy.prune import (CRITERIA, PruneConfig, clear_attention_marks, conv_w
                             fold_attention, prune_model, rounded_width)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting made them ~100x slower; restore the setting for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def folded(arch: str = "tiny_se", size: int = 32, classes: int = 3, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = create_model(arch, classes).eval()

@@ -14,8 +14,9 @@ console = Console()              # tables and results: stdout
 err_console = Console(stderr=True)  # progress and messages: stderr
 
 Data = Annotated[Optional[str], typer.Option(
-    "--data", help="'sample' (embedded UC Merced subset, the default), 'eurosat' (torchvision, "
-                   "downloaded under --data-root), or a folder with one sub-folder per class.")]
+    "--data", help="'sample' (the embedded UC Merced subset; train, eval and compress use it when --data "
+                   "is omitted), 'eurosat' (torchvision, downloaded under --data-root), or a folder with one "
+                   "sub-folder per class.")]
 DataRoot = Annotated[Optional[str], typer.Option(
     "--data-root", help="Where 'eurosat' lives or is downloaded to [default: ~/.cache/rtdeploy/eurosat].")]
 ImgSize = Annotated[int, typer.Option("--img-size", help="Square input size in pixels; images are resized.")]

@@ -11,7 +11,7 @@ from .. import report as fmt
 from ..errors import ConfigError
 from ..fsutil import check_output
 from .app import app
-from .common import (BatchSize, Data, DataRoot, Device, Epochs, Force, Lr, Momentum, Schedule, SkipBad, WeightDecay,
+from .common import (Augment, BatchSize, Data, DataRoot, Device, Epochs, Force, Lr, Momentum, Schedule, SkipBad, WeightDecay,
                      Workers, console, load_data, progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
@@ -57,8 +57,10 @@ def compress(
     epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.01, momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
     distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
-    calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
+    augment: Augment = False, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
     """Prune a trained checkpoint with channel attention pruning, then fine-tune it.
 
@@ -82,13 +84,14 @@ def compress(
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           schedule=schedule, seed=seed, device=device, workers=workers))
     report = report or out.with_suffix(".json")
-    check_output(out, force=force)
-    check_output(report, force=force, flag="--report")
+    check_output(out, force=force or resume is not None)
+    check_output(report, force=force or resume is not None, flag="--report")
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
-    splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images)
+    splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
+                        augment=augment)
     with _compress_progress(len(stages), epochs) as callbacks:
-        r = run_compress(ckpt, splits, cfg, out=out, report_path=report, **callbacks)
+        r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
 
 
@@ -123,6 +126,9 @@ def _compress_progress(n_stages: int, epochs: int):
         def on_epoch(e):
             bar.update(task("epochs", "  fine-tune", epochs), completed=e.epoch,
                        info=f"epoch {e.epoch}: eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)")
+            if not bar.console.is_terminal:  # logs get one line per epoch
+                bar.console.print(f"fine-tune epoch {e.epoch}/{epochs}: loss {e.train_loss:.3f}, "
+                                  f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)", highlight=False)
             bar.reset(task("steps", "  steps", 1), total=1, info="")
 
         yield {"on_stage": on_stage, "on_progress": on_progress, "on_step": on_step, "on_epoch": on_epoch}
