@@ -208,7 +208,7 @@ def _environment(cfg: BenchConfig, providers: list[str]) -> dict:
 def _settings(cfg: BenchConfig, data: str | None) -> dict:
     return {"batch_sizes": list(cfg.batch_sizes), "threads": list(cfg.threads), "warmup": cfg.warmup,
             "runs": None if cfg.seconds else cfg.runs, "seconds": cfg.seconds, "data": data, "torch": cfg.torch,
-            "input": "random normal (normalised space), fixed seed"}
+            "input": "random normal (normalised space), fixed seed", "input_seed": bench_worker.INPUT_SEED}
 
 
 def bench_models(paths: list[str | Path], cfg: BenchConfig | None = None, *, data: str | None = None,

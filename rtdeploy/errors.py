@@ -41,5 +41,11 @@ class OutputError(UserInputError):
     """An output path cannot be written (exists without --force, unwritable folder)."""
 
 
+class WriteError(RtdeployError, OSError):
+    """Writing an output failed midway (disk full, folder gone): exit 1. Nothing partial is left.
+
+    Also an OSError, so callers that handle I/O failures keep catching it."""
+
+
 class PipelineError(RtdeployError):
     """A stage ran but its result failed a check (parity, folding, pruning): exit 1."""

@@ -12,7 +12,7 @@ from .. import report as fmt
 from ..errors import ConfigError
 from ..fsutil import check_output, write_text
 from .app import app
-from .common import Data, DataRoot, JsonOut, console, err_console, load_data, progress
+from .common import Data, DataRoot, Force, JsonOut, console, err_console, load_data, progress
 
 
 def int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -42,6 +42,7 @@ def bench(
     json_out: JsonOut = None,
     markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write the tables as Markdown.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw latency and accuracy against MACs (PNG; needs matplotlib).")] = None,
+    force: Force = False,
 ):
     """Measure models side by side under ONNX Runtime: session creation, first inference,
     p50/p90/p99/mean latency, throughput, params, MACs, size and (with --data) accuracy on each
@@ -57,7 +58,7 @@ def bench(
                       threads=int_list(threads, "--threads"), warmup=warmup, runs=runs, seconds=seconds,
                       graph_opt=graph_opt, torch=torch, isolate=isolate)
     for path, flag in ((json_out, "--json"), (markdown, "--markdown"), (plot, "--plot")):
-        check_output(path, flag=flag)
+        check_output(path, force=force, flag=flag)
     if plot:
         from ..plots import _pyplot
 

@@ -34,12 +34,13 @@ def train(
     """
     from ..models import create_model
     from ..train import TrainConfig
-    from ..train.job import run_training
+    from ..train.job import run_training, summary_path
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, workers=workers)
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     check_output(out, force=force or resume is not None)
+    check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
                        val_frac=val_frac, augment=augment, skip_bad_images=skip_bad_images)
     if splits.skipped:

@@ -29,6 +29,7 @@ class TrainSummary:
     data: str
     classes: int
     split: dict
+    augment: bool
     img_size: int
     seed: int
     config: dict
@@ -75,7 +76,7 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
     macs, params = count_macs_params(best, splits.img_size)
     summary = TrainSummary(
         stage="train", arch=arch, data=splits.source, classes=len(splits.classes),
-        split=_split_sizes(splits), img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
+        split=_split_sizes(splits), augment=splits.train.augment, img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
         params=params, macs=macs, best_epoch=report.best_epoch, best_accuracy=report.best_accuracy,
         final_accuracy=report.final_accuracy, eval_split="val" if splits.val is not None else "test",
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
@@ -91,7 +92,7 @@ def _split_sizes(splits) -> dict:
 
 def _history(arch, splits, cfg, report: TrainReport) -> dict:
     return {"stage": "train", "arch": arch, "data": splits.source, "seed": cfg.seed,
-            "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
+            "augment": splits.train.augment, "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
             "epochs": len(report.epochs), "best_epoch": report.best_epoch,
             "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
 
