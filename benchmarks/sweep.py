@@ -5,6 +5,7 @@ accuracy vs MACs vs ONNX Runtime latency, from the same trained model (seed 0 by
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 from . import common
@@ -14,12 +15,15 @@ RATIOS = (0.3, 0.5, 0.7, 0.8, 0.9)
 
 def main(argv=None) -> None:
     p = common.parser(__doc__)
-    p.add_argument("--baseline", default="l1", help="criterion compared with cap (with the same loss, aml)")
+    p.add_argument("--baseline", default=None,
+                   help="criterion compared with cap (same loss, aml); default: the best non-cap criterion "
+                        "with aml in results/criteria.json (last-epoch accuracy), else l1")
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     args = p.parse_args(argv)
     args.seeds = args.seeds.split(",")[0]
     seed, r = common.seeds(args)[0], common.recipe(args)
     ratios = [float(x) for x in args.ratios.split(",")]
+    args.baseline = args.baseline or _best_baseline(args)
     base = common.base_checkpoint(args, r, seed)
     points, paths = [], [base]
     for criterion in ("cap", args.baseline):
@@ -39,6 +43,16 @@ def main(argv=None) -> None:
                "original": latency[0], "points": points}
     stem = common.write_results(args, "sweep", payload, _markdown(points, latency[0]))
     _plot(points, latency[0], f"{stem}.png")
+
+
+def _best_baseline(args) -> str:
+    path = args.results_dir / ("criteria.quick.json" if args.quick else "criteria.json")
+    if not path.exists():
+        return "l1"
+    rows = json.loads(path.read_text())["rows"]
+    rows = [r for r in rows if not r["method"].startswith("cap") and r["method"].endswith("+ aml")]
+    best = max(rows, key=lambda r: r["finetuned_last"][0], default=None)
+    return best["method"].split(" + ")[0] if best else "l1"
 
 
 def _latency(paths, args) -> list[dict]:
