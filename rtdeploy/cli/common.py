@@ -3,6 +3,7 @@ progress/console helpers. Only the CLI prints."""
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()              # tables and results: stdout
+# Tables and results go to stdout. Rich falls back to 80 columns when stdout is a pipe or a log
+# file, which truncates the wide side-by-side tables; give those 160.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)  # progress and messages: stderr
 
 Data = Annotated[Optional[str], typer.Option(
