@@ -51,7 +51,7 @@ def test_existing_output_needs_force(cli, trained):
     assert code == 2 and "--force" in err
 
 
-def _one_line_error(code, err, *needles):
+def assert_one_line_error(code, err, *needles):
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err
     for n in needles:
@@ -60,7 +60,7 @@ def _one_line_error(code, err, *needles):
 
 def test_unknown_arch(cli, tmp_path):
     code, _, err = cli("train", "--arch", "resnet19", "--out", tmp_path / "x.pt")
-    _one_line_error(code, err, "resnet19", "resnet18_se")
+    assert_one_line_error(code, err, "resnet19", "resnet18_se")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -69,7 +69,7 @@ def test_corrupt_image_names_the_file(cli, image_folder, tmp_path):
     (data / "class_0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     code, _, err = cli("train", "--data", data, "--arch", "tiny", "--img-size", 16, "--epochs", 1,
                        "--out", tmp_path / "x.pt")
-    _one_line_error(code, err, "broken.png", "--skip-bad-images")
+    assert_one_line_error(code, err, "broken.png", "--skip-bad-images")
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -77,7 +77,7 @@ def test_empty_class_folder(cli, image_folder, tmp_path):
     data = image_folder(n_classes=2, per_class=4, size=24)
     (data / "empty").mkdir()
     code, _, err = cli("train", "--data", data, "--arch", "tiny", "--out", tmp_path / "x.pt")
-    _one_line_error(code, err, "empty")
+    assert_one_line_error(code, err, "empty")
 
 
 def test_non_checkpoint_file(cli, tmp_path):
@@ -86,11 +86,11 @@ def test_non_checkpoint_file(cli, tmp_path):
     bogus.write_bytes((tmp_path / "img.png").read_bytes())
     for command in ("info", "eval"):
         code, _, err = cli(command, bogus)
-        _one_line_error(code, err, "model.pt")
+        assert_one_line_error(code, err, "model.pt")
 
 
 def test_bad_option_value_is_one_line(cli, tmp_path):
     code, _, err = cli("train", "--epochs", "many", "--out", tmp_path / "x.pt")
-    _one_line_error(code, err, "--epochs")
+    assert_one_line_error(code, err, "--epochs")
     code, _, err = cli("train", "--img-size", 0, "--out", tmp_path / "x.pt")
-    _one_line_error(code, err, "--img-size")
+    assert_one_line_error(code, err, "--img-size")
