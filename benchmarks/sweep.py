@@ -82,6 +82,7 @@ def _plot(points, original, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for crit, marker in zip(dict.fromkeys(p["criterion"] for p in points), "os^"):
@@ -96,6 +97,8 @@ def _plot(points, original, path: str) -> None:
     a2.scatter([full], [original["p50_ms"]], color="k", label="unpruned")
     for ax, ylabel in ((a1, "test accuracy, last epoch (%)"), (a2, "ORT CPU p50 latency, batch 1 (ms)")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor log labels collide on a narrow range
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("MACs per image (M, log)")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
