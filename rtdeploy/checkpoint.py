@@ -48,6 +48,13 @@ class ModelMeta:
         return next((h for h in reversed(self.history) if h.get("stage") == "compress"), None)
 
 
+def resume_path(out: str | os.PathLike) -> Path:
+    """'<out>.last': the state after the last complete epoch, beside the checkpoint `out`, that
+    `--resume` continues from (train and compress share this convention)."""
+    out = Path(out)
+    return out.with_name(out.name + ".last")
+
+
 def build_model(meta: ModelMeta) -> nn.Module:
     model = create_model(meta.arch, meta.num_classes)
     if meta.structure:

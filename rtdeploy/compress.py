@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .attention import capture_attention
-from .checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import ModelMeta, load_checkpoint, read_checkpoint, resume_path, save_checkpoint
 from .data import check_classes, make_loader
 from .env import versions
 from .errors import CheckpointError, ConfigError, PipelineError
@@ -219,13 +219,6 @@ def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, o
                            teacher=teacher, on_step=on_step, on_epoch=on_epoch, save=save, resume=resume)
         ev.detail = f"best epoch {report.best_epoch}"
     return best, report
-
-
-def resume_path(out: str | Path) -> Path:
-    """'<out>.last': the pruned model after the last complete fine-tuning epoch, with the state
-    that --resume needs (the same convention as `rtdeploy train`)."""
-    out = Path(out)
-    return out.with_name(out.name + ".last")
 
 
 def _saver(run: _Run, model: nn.Module, meta: ModelMeta, context: dict, last: Path):

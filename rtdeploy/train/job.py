@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ModelMeta, load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import ModelMeta, read_checkpoint, resume_path, save_checkpoint
 from ..env import versions
 from ..errors import CheckpointError, ConfigError
 from ..fsutil import write_json
@@ -44,12 +44,6 @@ class TrainSummary:
     checkpoint: str
     versions: dict = field(default_factory=versions)
     epochs: list[dict] = field(default_factory=list)
-
-
-def resume_path(out: str | Path) -> Path:
-    """Where the last complete epoch's state lives, beside the best checkpoint."""
-    out = Path(out)
-    return out.with_name(out.name + ".last")
 
 
 def summary_path(out: str | Path) -> Path:
