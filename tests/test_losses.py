@@ -56,6 +56,24 @@ def test_hard_sample_gets_more_gradient_than_under_ce():
     assert torch.dot(g_aml[1], g_ce[1]) > 0 and g_aml[1, 2] < g_ce[1, 2] < 0
 
 
+def test_extra_term_gradient_is_ce_gradient_times_closed_form_factor():
+    # Why AML ~ CE on 21 classes (benchmarks/results/ablation.md): on every logit the exp term's
+    # gradient is CE's times exp(d + d^2)(1 + 2d)(2/C)p_true. Relative to CE it is largest for
+    # confident samples and near zero for the hardest ones, and never above ~2.4/C.
+    c = 21
+    p_true = torch.tensor([0.01, 0.1, 0.5, 0.9, 0.99], dtype=torch.float64)
+    rest = ((1 - p_true) / (c - 1)).unsqueeze(1).expand(-1, c - 1)
+    z = torch.cat([p_true.unsqueeze(1), rest], 1).log().requires_grad_(True)
+    y = torch.zeros(5, dtype=torch.long)
+    (g_term,) = torch.autograd.grad(AdaptiveMiningLoss(r1=1.0, r2=0.0)(z, y) * 5, z)
+    (g_ce,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), z)
+    ratio = g_term[:, 0] / g_ce[:, 0]
+    d = 2 * (1 - p_true) / c
+    assert torch.allclose(ratio, torch.exp(d + d * d) * (1 + 2 * d) * (2 / c) * p_true)
+    assert torch.allclose(g_term, g_ce * ratio.unsqueeze(1))  # same direction on every logit
+    assert (ratio.diff() > 0).all() and ratio[0] < 0.002 and ratio[-1] < 2.4 / c
+
+
 def test_extra_term_grows_as_true_probability_falls():
     p_true = torch.linspace(0.95, 0.05, 10, dtype=torch.float64)
     rest = (1 - p_true) / 2
