@@ -46,7 +46,8 @@ def main(argv=None) -> None:
 
 
 def _best_baseline(args) -> str:
-    path = args.results_dir / ("criteria.quick.json" if args.quick else "criteria.json")
+    suffix = ("" if args.recipe == "v2" else f".{args.recipe}") + (".quick" if args.quick else "")
+    path = args.results_dir / f"criteria{suffix}.json"
     if not path.exists():
         return "l1"
     rows = json.loads(path.read_text())["rows"]

@@ -63,7 +63,7 @@ class CompressConfig:
         check_criterion(self.criterion)
 
     def loss_fn(self) -> nn.Module:
-        base = create_loss(self.loss, r1=self.r1, r2=self.r2)
+        base = create_loss(self.loss, r1=self.r1, r2=self.r2, label_smoothing=self.train.label_smoothing)
         return Distilled(base, self.kd_temperature, self.kd_weight) if self.distill else base
 
 
@@ -319,7 +319,8 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
         source=str(ckpt_path), checkpoint=str(out), stages=run.rows,
         fold=fold if kept_reason is None else {"kept_reason": kept_reason}, prune=pruned,
         finetune={"best_epoch": tr.best_epoch, "best_accuracy": tr.best_accuracy,
-                  "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch},
+                  "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch,
+                  "augment": splits.train.augment, "crop_scale": splits.train.crop_scale},
         settings=asdict(cfg))
     if report_path is not None:
         write_json(report_path, asdict(report))

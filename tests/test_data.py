@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from rtdeploy import data
-from rtdeploy.data import check_classes, load_splits, make_loader, preprocess, sample_path
+from rtdeploy.data import ImageTensorDataset, check_classes, load_splits, make_loader, preprocess, sample_path
 from rtdeploy.errors import ConfigError, DataError
 
 
@@ -74,6 +74,8 @@ def test_max_per_class_caps_deterministically(image_folder):
     ({"test_frac": 0.5, "val_frac": 0.5}, "--test-frac \\+ --val-frac"),
     ({"mean": (0.5, 0.5)}, "--mean"),
     ({"std": (0.5, 0.0, 0.5)}, "--std"),
+    ({"crop_scale": 0.0}, "--crop-scale"),
+    ({"crop_scale": 1.5}, "--crop-scale"),
 ])
 def test_bad_settings_name_the_flag(image_folder, kwargs, flag):
     root = image_folder()
@@ -281,6 +283,24 @@ def test_augment_deterministic_per_seed_epoch_index(image_folder):
     got = (s.train[0][0] * torch.tensor(s.std).view(3, 1, 1) + torch.tensor(s.mean).view(3, 1, 1))
     got = (got * 255).round().to(torch.uint8)
     assert any(torch.equal(got, v) for v in views)
+
+
+def test_random_crop_is_a_resized_sub_square_and_deterministic(image_folder):
+    root = image_folder(n_classes=3, per_class=10)
+    plain = load_splits(str(root), img_size=16, augment=True, seed=5)
+    crop = load_splits(str(root), img_size=16, augment=True, seed=5, crop_scale=0.3)
+    again = load_splits(str(root), img_size=16, augment=True, seed=5, crop_scale=0.3)
+    assert crop.train.crop_scale == 0.3 and crop.test.crop_scale == 0.3
+    a = torch.stack([crop.train[i][0] for i in range(len(crop.train))])
+    assert a.shape == plain.train.normalised().shape and torch.isfinite(a).all()
+    assert torch.equal(a, torch.stack([again.train[i][0] for i in range(len(again.train))]))
+    assert not torch.equal(a, torch.stack([plain.train[i][0] for i in range(len(plain.train))]))
+    # The test split is never augmented, crops or not.
+    assert torch.equal(torch.stack([crop.test[i][0] for i in range(len(crop.test))]), crop.test.normalised())
+    # A constant image stays constant under any crop + resize (no padding, no border leaks in).
+    flat = ImageTensorDataset(torch.full((4, 3, 16, 16), 77, dtype=torch.uint8), torch.zeros(4, dtype=torch.long),
+                              mean=(0, 0, 0), std=(1, 1, 1), augment=True, crop_scale=0.2)
+    assert all(torch.allclose(flat[i][0], torch.full((3, 16, 16), 77 / 255)) for i in range(4))
 
 
 def test_loader_order_and_augment_independent_of_workers(image_folder):

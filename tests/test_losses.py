@@ -74,6 +74,14 @@ def test_extra_term_gradient_is_ce_gradient_times_closed_form_factor():
     assert (ratio.diff() > 0).all() and ratio[0] < 0.002 and ratio[-1] < 2.4 / c
 
 
+def test_label_smoothing_reaches_the_cross_entropy_terms():
+    z = P.log()
+    smoothed = F.cross_entropy(z, Y, label_smoothing=0.1).item()
+    assert create_loss("ce", label_smoothing=0.1)(z, Y).item() == pytest.approx(smoothed)
+    assert create_loss("aml", label_smoothing=0.1)(z, Y).item() == pytest.approx(EXPECTED_TERM + smoothed, abs=1e-6)
+    assert smoothed != pytest.approx(EXPECTED_CE)
+
+
 def test_extra_term_grows_as_true_probability_falls():
     p_true = torch.linspace(0.95, 0.05, 10, dtype=torch.float64)
     rest = (1 - p_true) / 2

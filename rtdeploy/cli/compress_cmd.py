@@ -11,7 +11,7 @@ from .. import report as fmt
 from ..errors import ConfigError
 from ..fsutil import check_output
 from .app import app
-from .common import (Augment, BatchSize, Data, DataRoot, Device, Epochs, Force, Lr, Momentum, Schedule, SkipBad, WeightDecay,
+from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
                      Workers, console, load_data, progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
@@ -57,7 +57,7 @@ def compress(
     epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.01, momentum: Momentum = 0.9,
     weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
     distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
-    augment: Augment = False, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
+    augment: Augment = False, crop_scale: CropScale = 1.0, label_smoothing: LabelSmoothing = 0.0, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
@@ -82,14 +82,14 @@ def compress(
         kd_weight=kd_weight, calib_images=calib_images,
         prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          schedule=schedule, seed=seed, device=device, workers=workers))
+                          label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
     report = report or out.with_suffix(".json")
     check_output(out, force=force or resume is not None)
     check_output(report, force=force or resume is not None, flag="--report")
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
-                        augment=augment)
+                        augment=augment, crop_scale=crop_scale)
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)

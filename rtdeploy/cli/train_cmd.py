@@ -9,8 +9,8 @@ import typer
 from .. import report as fmt
 from ..fsutil import check_output, write_text
 from .app import app
-from .common import (Augment, BatchSize, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut, Lr,
-                     Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
+from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
+                     LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
                      err_console, load_data, training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
@@ -24,7 +24,8 @@ def train(
     img_size: ImgSize = 64, epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.05,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
     seed: Seed = 0, device: Device = "auto", workers: Workers = 0, val_frac: ValFrac = 0.0,
-    test_frac: TestFrac = 0.3, augment: Augment = False, skip_bad_images: SkipBad = False,
+    test_frac: TestFrac = 0.3, augment: Augment = False, crop_scale: CropScale = 1.0,
+    label_smoothing: LabelSmoothing = 0.0, skip_bad_images: SkipBad = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its '<out>.last' file (or the --out checkpoint beside it).")] = None,
     force: Force = False,
 ):
@@ -37,12 +38,14 @@ def train(
     from ..train.job import run_training, summary_path
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, workers=workers)
+                      weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule, seed=seed,
+                      device=device, workers=workers)
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     check_output(out, force=force or resume is not None)
     check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
-                       val_frac=val_frac, augment=augment, skip_bad_images=skip_bad_images)
+                       val_frac=val_frac, augment=augment, crop_scale=crop_scale,
+                       skip_bad_images=skip_bad_images)
     if splits.skipped:
         err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}")
     with training_progress(f"train {arch}", epochs) as (on_step, on_epoch):

@@ -17,6 +17,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0  # on the cross-entropy term (of `ce`, and of `aml`)
     # "step" decays x0.1 at these fractions of the run: the paper's 80 and 120 of 160 epochs.
     schedule: str = "cosine"
     milestones: tuple[float, ...] = (0.5, 0.75)
@@ -35,6 +36,8 @@ class TrainConfig:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.workers < 0:

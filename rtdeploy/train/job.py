@@ -30,6 +30,7 @@ class TrainSummary:
     classes: int
     split: dict
     augment: bool
+    crop_scale: float
     img_size: int
     seed: int
     config: dict
@@ -65,12 +66,12 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
         save_checkpoint(out, best, meta)
         save_checkpoint(last, model, meta, state=resume_state)
 
-    best, report = fit(model, splits.train, splits.eval_split, create_loss(loss), cfg,
+    best, report = fit(model, splits.train, splits.eval_split, create_loss(loss, label_smoothing=cfg.label_smoothing), cfg,
                        on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
     macs, params = count_macs_params(best, splits.img_size)
     summary = TrainSummary(
         stage="train", arch=arch, data=splits.source, classes=len(splits.classes),
-        split=_split_sizes(splits), augment=splits.train.augment, img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
+        split=_split_sizes(splits), augment=splits.train.augment, crop_scale=splits.train.crop_scale, img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
         params=params, macs=macs, best_epoch=report.best_epoch, best_accuracy=report.best_accuracy,
         final_accuracy=report.final_accuracy, eval_split="val" if splits.val is not None else "test",
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
@@ -86,7 +87,7 @@ def _split_sizes(splits) -> dict:
 
 def _history(arch, splits, cfg, report: TrainReport) -> dict:
     return {"stage": "train", "arch": arch, "data": splits.source, "seed": cfg.seed,
-            "augment": splits.train.augment, "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
+            "augment": splits.train.augment, "crop_scale": splits.train.crop_scale, "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
             "epochs": len(report.epochs), "best_epoch": report.best_epoch,
             "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
 

@@ -14,8 +14,12 @@ from ..errors import ConfigError, RegistryError
 
 
 class CrossEntropy(nn.Module):
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
     def forward(self, logits, targets, teacher_logits=None):
-        return F.cross_entropy(logits, targets)
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
 
 
 class AdaptiveMiningLoss(nn.Module):
@@ -27,11 +31,11 @@ class AdaptiveMiningLoss(nn.Module):
     the hardest samples and stays below ~2.4/C (benchmarks/results/ablation.md measures r1 = 10).
     """
 
-    def __init__(self, r1: float = 1.0, r2: float = 1.0):
+    def __init__(self, r1: float = 1.0, r2: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
         if r1 < 0 or r2 < 0 or r1 + r2 == 0:
             raise ConfigError(f"--r1 and --r2 must be >= 0 and not both 0, got {r1}, {r2}")
-        self.r1, self.r2 = r1, r2
+        self.r1, self.r2, self.label_smoothing = r1, r2, label_smoothing
 
     @staticmethod
     def distance(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,8 @@ class AdaptiveMiningLoss(nn.Module):
 
     def forward(self, logits, targets, teacher_logits=None):
         d = self.distance(logits, targets)
-        return self.r1 * torch.exp(d + d * d).mean() + self.r2 * F.cross_entropy(logits, targets)
+        ce = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        return self.r1 * torch.exp(d + d * d).mean() + self.r2 * ce
 
 
 class Distilled(nn.Module):
@@ -65,7 +70,10 @@ class Distilled(nn.Module):
 LOSSES: dict[str, Callable[..., nn.Module]] = {"ce": CrossEntropy, "aml": AdaptiveMiningLoss}
 
 
-def create_loss(name: str, **kwargs) -> nn.Module:
+def create_loss(name: str, *, r1: float = 1.0, r2: float = 1.0, label_smoothing: float = 0.0) -> nn.Module:
+    """A loss by name; r1/r2 weigh AML's terms (ignored by `ce`)."""
     if name not in LOSSES:
         raise RegistryError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    return LOSSES[name](**kwargs) if name == "aml" else LOSSES[name]()
+    if name == "aml":
+        return AdaptiveMiningLoss(r1, r2, label_smoothing)
+    return LOSSES[name](label_smoothing)
