@@ -110,7 +110,7 @@ def _markdown(rows, refs, r) -> str:
     lines = ["# Ablations: fine-tuning budget, AML weight, global vs local (ratio 0.7, round-to 8)", "",
              f"SE-ResNet18, UC Merced 64x64, the `criteria` base models; references fine-tune {r.ft_epochs} epochs, "
              "local, r1 = 1. Accuracy in %, mean ± std over seeds; the difference is paired by seed against the "
-             "same method's reference (95 % Student t interval).", "",
+             "same method's reference (95 % Student t interval).", "", common.describe(r), "",
              "| knob | method | fine-tuning epochs | MACs (x fewer) | fine-tuned, best epoch | fine-tuned, last epoch | last-epoch diff vs reference |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -60,6 +60,15 @@ class Recipe:
 RECIPES = {"v2": {}, "v1": {"name": "v1", "epochs": 40, "crop_scale": 1.0, "label_smoothing": 0.0}}
 
 
+def describe(r: Recipe) -> str:
+    """One Markdown line: the recipe behind a results file."""
+    aug = "flips + 90° rotations" + (f" + random crops of {r.crop_scale:g}-1 of the area" if r.crop_scale < 1 else "")
+    smooth = f", label smoothing {r.label_smoothing:g}" if r.label_smoothing else ""
+    return (f"Recipe {r.name}: {r.arch} from scratch, {r.epochs} epochs, SGD momentum 0.9, weight decay 5e-4, "
+            f"{r.schedule} lr {r.lr:g}, {aug}{smooth}; fine-tuning {r.ft_epochs} epochs, cosine lr {r.ft_lr:g}, "
+            "same optimiser and augmentation, no label smoothing.")
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", default="../shared/data/ucmerced", help="class-folder dataset (UC Merced)")

@@ -110,7 +110,7 @@ def _markdown(rows, comparisons, latency, r) -> str:
             f"Every pruned model: {base['params'] / 1e6:.2f} M params, {base['macs'] / 1e6:.1f} M MACs "
             f"({base['macs_before'] / base['macs']:.1f}x fewer)"
             + (f", {lat['pruned']['p50_ms']:.2f} ms ({lat['pruned']['speedup']:.1f}x faster)" if lat else "") + ".",
-            f"Fine-tuning: {r.ft_epochs} epochs, SGD momentum 0.9, cosine lr {r.ft_lr}, flips + rotations.", "",
+            common.describe(r), "",
             "| method | folded (before pruning) | pruned (before fine-tuning) | fine-tuned, best epoch | fine-tuned, last epoch | last-epoch diff vs cap + aml (95 % CI) |",
             "|---|---|---|---|---|---|"]
     for row in rows:

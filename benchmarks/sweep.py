@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     payload = {"provenance": common.provenance(args, {"recipe": asdict(r), "ratios": ratios, "baseline": args.baseline,
                                                       "loss": "aml", "scope": "local", "round_to": 8}),
                "original": latency[0], "points": points}
-    stem = common.write_results(args, "sweep", payload, _markdown(points, latency[0]))
+    stem = common.write_results(args, "sweep", payload, _markdown(points, latency[0], r))
     _plot(points, latency[0], f"{stem}.png")
 
 
@@ -66,10 +66,10 @@ def _latency(paths, args) -> list[dict]:
              "accuracy_original": None} for m in report.models]
 
 
-def _markdown(points, original) -> str:
+def _markdown(points, original, r) -> str:
     lines = ["# Pruning-rate sweep, UC Merced 64x64 (local scope, round-to 8, fine-tuned with AML)", "",
              f"Unpruned: {100 * points[0]['original']:.2f} %, {points[0]['macs_before'] / 1e6:.1f} M MACs, "
-             f"{original['p50_ms']:.2f} ms (ORT CPU, batch 1, 1 thread).", "",
+             f"{original['p50_ms']:.2f} ms (ORT CPU, batch 1, 1 thread).", "", common.describe(r), "",
              "| criterion | ratio | params | MACs | MAC ratio | p50 ms | speed-up | pruned (before FT) | fine-tuned best | fine-tuned last |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:

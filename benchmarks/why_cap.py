@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     payload = {"provenance": common.provenance(args, {"recipe": asdict(r), "criteria": CRITERIA, "ratios": RATIOS,
                                                       "bn_recalibration_images": 1024}),
                "table": table, "seeds": per_seed}
-    common.write_results(args, "why_cap", payload, _markdown(table, per_seed))
+    common.write_results(args, "why_cap", payload, _markdown(table, per_seed, r))
 
 
 def _diagnose(args, r, seed: int) -> dict:
@@ -115,10 +115,10 @@ def _aggregate(per_seed: list[dict]) -> list[dict]:
             for k in keys]
 
 
-def _markdown(table, per_seed) -> str:
+def _markdown(table, per_seed, r) -> str:
     layers = [row for s in per_seed for row in s["layers"]]
     mean = lambda key: sum(x[key] for x in layers) / len(layers)  # noqa: E731
-    lines = ["# Why CAP ranks the way it does (no fine-tuning)", "",
+    lines = ["# Why CAP ranks the way it does (no fine-tuning)", "", common.describe(r), "",
              f"Seeds: {', '.join(str(s['seed']) for s in per_seed)}. Folded model accuracy: "
              f"{common.pm([s['folded'] for s in per_seed])} %.",
              f"Spread of |gamma| per BN layer (coefficient of variation, mean over layers and seeds): before folding "
