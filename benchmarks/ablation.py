@@ -8,8 +8,8 @@ recipe) and is compared, paired by seed, with its own 30-epoch local reference f
   (and ~0 for the hardest samples: the table in the results shows it); r1 ~ C / 2 gives the
   mining term a weight comparable to CE;
 - scope: global ranking (one threshold over all layers, the paper's BN baseline) instead of
-  the same ratio in every layer (CAP's setting). Global pruning yields other widths, so its
-  params and MACs are reported next to the accuracy.
+  the same ratio in every layer (CAP's setting), at the MACs of the local reference (the
+  global ratio is searched with --target-macs): equal compute, other widths.
 
     python -m benchmarks.ablation --data ../shared/data/ucmerced            # full: ~35 min on 2 cores
     python -m benchmarks.ablation --data ../shared/data/ucmerced --quick    # minutes
@@ -58,10 +58,13 @@ def main(argv=None) -> None:
     for seed in common.seeds(args):
         base = common.base_checkpoint(args, r, seed)
         for arm in ARMS:
-            for a in (arm.reference(), arm):
-                rep = common.compress_run(args, r, base, seed, criterion=a.criterion, loss=a.loss, scope=a.scope,
-                                          r1=a.r1, ft_epochs=r.ft_epochs * a.ft_factor)
-                runs.setdefault(a, []).append(_summary(rep, seed))
+            ref = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss)
+            # Global arms prune to the reference's MACs (a global ratio of 0.7 would not be equal compute).
+            target = ref["macs"]["after"] / ref["macs"]["before"] if arm.scope == "global" else None
+            rep = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss, scope=arm.scope,
+                                      r1=arm.r1, ft_epochs=r.ft_epochs * arm.ft_factor, target_macs=target)
+            for a, x in ((arm.reference(), ref), (arm, rep)):
+                runs.setdefault(a, []).append(_summary(x, seed))
     rows = [_row(arm, runs[arm], runs[arm.reference()]) for arm in ARMS]
     refs = {a.name: _row(a, runs[a], None) for a in dict.fromkeys(arm.reference() for arm in ARMS)}
     payload = {"provenance": common.provenance(args, {"recipe": asdict(r), "ratio": 0.7, "round_to": 8,

@@ -134,10 +134,11 @@ def base_checkpoint(args, r: Recipe, seed: int) -> Path:
 
 def compress_run(args, r: Recipe, base: Path, seed: int, *, criterion: str, loss: str, ratio: float = 0.7,
                  round_to: int = 8, distill: bool = False, scope: str = "local", r1: float = 1.0,
-                 ft_epochs: int | None = None) -> dict:
+                 ft_epochs: int | None = None, target_macs: float | None = None) -> dict:
     """The compress report (as a dict) for these settings, run now unless cached.
 
-    Settings other than the recipe's defaults (AML weight r1, fine-tuning epochs) join the cache key.
+    Settings other than the recipe's defaults (AML weight r1, fine-tuning epochs, a MAC target
+    instead of the ratio) join the cache key.
     """
     from rtdeploy.checkpoint import load_checkpoint
     from rtdeploy.compress import CompressConfig, compress
@@ -148,13 +149,14 @@ def compress_run(args, r: Recipe, base: Path, seed: int, *, criterion: str, loss
     ft_epochs = r.ft_epochs if ft_epochs is None else ft_epochs
     tag = f"{base.stem}_{criterion}_{loss}{'_kd' if distill else ''}_r{ratio:g}_rt{round_to}_{scope}"
     tag += (f"_r1-{r1:g}" if r1 != 1.0 else "") + (f"_ft{ft_epochs}" if ft_epochs != r.ft_epochs else "")
+    tag += f"_macs{target_macs:.5f}" if target_macs is not None else ""
     out = runs_dir(args) / f"{tag}.pt"
     report = out.with_suffix(".json")
     if out.exists() and report.exists():
         return json.loads(report.read_text())
     log(f"compress {tag}")
     cfg = CompressConfig(criterion=criterion, loss=loss, distill=distill, r1=r1,
-                         prune=PruneConfig(ratio=ratio, scope=scope, round_to=round_to),
+                         prune=PruneConfig(ratio=ratio, scope=scope, round_to=round_to, target_macs=target_macs),
                          train=TrainConfig(epochs=ft_epochs, batch_size=r.batch_size, lr=r.ft_lr,
                                            schedule="cosine", seed=seed))
     _, meta = load_checkpoint(base)
