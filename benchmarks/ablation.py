@@ -2,7 +2,8 @@
 
 Every arm starts from the same cached base models as `benchmarks.criteria` (same seeds, same
 recipe) and is compared, paired by seed, with its own 30-epoch local reference from that table:
-- fine-tuning budget: 90 epochs instead of 30 (does the ranking matter once fine-tuning is long?);
+- fine-tuning budget: 90 epochs instead of 30 (does the ranking matter once fine-tuning is long?),
+  also with distillation from the unpruned model (the best chance to lose nothing);
 - AML weight: r1 = 10 instead of 1. With C classes d_i = 2 (1 - p_true) / C <= 2 / C, so for
   UC Merced (C = 21) exp(d + d^2) lies in [1, 1.11] and its gradient is at most ~10 % of CE's
   (and ~0 for the hardest samples: the table in the results shows it); r1 ~ C / 2 gives the
@@ -11,7 +12,7 @@ recipe) and is compared, paired by seed, with its own 30-epoch local reference f
   the same ratio in every layer (CAP's setting), at the MACs of the local reference (the
   global ratio is searched with --target-macs): equal compute, other widths.
 
-    python -m benchmarks.ablation --data ../shared/data/ucmerced            # full: ~35 min on 2 cores
+    python -m benchmarks.ablation --data ../shared/data/ucmerced            # full: ~45 min on 2 cores
     python -m benchmarks.ablation --data ../shared/data/ucmerced --quick    # minutes
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Arm:
     scope: str = "local"
     r1: float = 1.0
     ft_factor: int = 1  # fine-tuning epochs = ft_factor x the recipe's
+    distill: bool = False
 
     @property
     def name(self) -> str:
@@ -39,16 +41,18 @@ class Arm:
             extra.append(f"r1={self.r1:g}")
         if self.ft_factor != 1:
             extra.append(f"{self.ft_factor}x fine-tuning")
-        return f"{self.criterion} + {self.loss}" + (f" ({', '.join(extra)})" if extra else "")
+        kd = " + kd" if self.distill else ""
+        return f"{self.criterion} + {self.loss}{kd}" + (f" ({', '.join(extra)})" if extra else "")
 
     def reference(self) -> "Arm":
-        return Arm("reference", self.criterion, self.loss)
+        return Arm("reference", self.criterion, self.loss, distill=self.distill)
 
 
 ARMS = (Arm("fine-tuning budget", "cap", "aml", ft_factor=3), Arm("fine-tuning budget", "l1", "ce", ft_factor=3),
         Arm("AML weight", "cap", "aml", r1=10.0), Arm("AML weight", "l1", "aml", r1=10.0),
         Arm("scope", "cap", "aml", scope="global"), Arm("scope", "bn", "aml", scope="global"),
-        Arm("scope", "l1", "aml", scope="global"))
+        Arm("scope", "l1", "aml", scope="global"),
+        Arm("fine-tuning budget", "cap", "aml", ft_factor=3, distill=True))
 
 
 def main(argv=None) -> None:
@@ -58,11 +62,12 @@ def main(argv=None) -> None:
     for seed in common.seeds(args):
         base = common.base_checkpoint(args, r, seed)
         for arm in ARMS:
-            ref = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss)
+            ref = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss, distill=arm.distill)
             # Global arms prune to the reference's MACs (a global ratio of 0.7 would not be equal compute).
             target = ref["macs"]["after"] / ref["macs"]["before"] if arm.scope == "global" else None
             rep = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss, scope=arm.scope,
-                                      r1=arm.r1, ft_epochs=r.ft_epochs * arm.ft_factor, target_macs=target)
+                                      r1=arm.r1, ft_epochs=r.ft_epochs * arm.ft_factor, target_macs=target,
+                                      distill=arm.distill)
             for a, x in ((arm.reference(), ref), (arm, rep)):
                 runs.setdefault(a, []).append(_summary(x, seed))
     rows = [_row(arm, runs[arm], runs[arm.reference()]) for arm in ARMS]
