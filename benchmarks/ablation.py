@@ -8,6 +8,9 @@ recipe) and is compared, paired by seed, with its own 30-epoch local reference f
   UC Merced (C = 21) exp(d + d^2) lies in [1, 1.11] and its gradient is at most ~10 % of CE's
   (and ~0 for the hardest samples: the table in the results shows it); r1 ~ C / 2 gives the
   mining term a weight comparable to CE;
+- control: the pruned widths trained from scratch with the base recipe (random init, same
+  epochs as the base model): what the inherited weights are worth (Liu et al., "Rethinking the
+  value of network pruning", ICLR 2019);
 - scope: global ranking (one threshold over all layers, the paper's BN baseline) instead of
   the same ratio in every layer (CAP's setting), at the MACs of the local reference (the
   global ratio is searched with --target-macs): equal compute, other widths.
@@ -17,7 +20,9 @@ recipe) and is compared, paired by seed, with its own 30-epoch local reference f
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from . import common
 
@@ -39,6 +44,8 @@ class Arm:
             extra.append(self.scope)
         if self.r1 != 1.0:
             extra.append(f"r1={self.r1:g}")
+        if self.ft_factor == 0:
+            return "cap 0.7 widths, random init, base recipe"
         if self.ft_factor != 1:
             extra.append(f"{self.ft_factor}x fine-tuning")
         kd = " + kd" if self.distill else ""
@@ -53,6 +60,42 @@ ARMS = (Arm("fine-tuning budget", "cap", "aml", ft_factor=3), Arm("fine-tuning b
         Arm("scope", "cap", "aml", scope="global"), Arm("scope", "bn", "aml", scope="global"),
         Arm("scope", "l1", "aml", scope="global"),
         Arm("fine-tuning budget", "cap", "aml", ft_factor=3, distill=True))
+# The widths of the CAP + AML reference, re-initialised and trained like the base model.
+SCRATCH = Arm("control: from scratch", "cap", "aml", ft_factor=0)
+
+
+def scratch_run(args, r, base: Path, seed: int) -> dict:
+    """Train the CAP 0.7 architecture from random init with the base recipe (cached as JSON)."""
+    import torch
+    from torch import nn
+
+    from rtdeploy.checkpoint import load_checkpoint
+    from rtdeploy.fsutil import write_json
+    from rtdeploy.models.complexity import count_macs_params
+    from rtdeploy.train import TrainConfig, create_loss, fit
+
+    pruned = base.with_name(f"{base.stem}_cap_aml_r0.7_rt8_local.pt")
+    cache = pruned.with_name(f"{pruned.stem}_scratch{r.epochs}.json")
+    if cache.exists():
+        return json.loads(cache.read_text())
+    common.log(f"train the pruned widths of {pruned.name} from scratch ({r.epochs} epochs)")
+    model, meta = load_checkpoint(pruned)
+    torch.manual_seed(seed)
+    for m in model.modules():  # fresh weights and BN statistics, the base models' init scheme
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            m.reset_parameters()
+    if hasattr(model, "_init"):
+        model._init(True)
+    splits = common.load(args, r, seed, mean=meta.mean, std=meta.std)
+    cfg = TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule=r.schedule, seed=seed,
+                      label_smoothing=r.label_smoothing)
+    _, rep = fit(model, splits.train, splits.test, create_loss("ce", label_smoothing=r.label_smoothing), cfg)
+    macs, params = count_macs_params(model, meta.img_size)
+    out = {"seed": seed, "finetuned": rep.best_accuracy, "finetuned_last": rep.final_accuracy, "pruned": None,
+           "params": params, "macs": macs, "macs_before": json.loads(pruned.with_suffix(".json").read_text())["macs"]["before"],
+           "finetune_epochs": r.epochs, "seconds": rep.seconds}
+    write_json(cache, out)
+    return out
 
 
 def main(argv=None) -> None:
@@ -70,7 +113,8 @@ def main(argv=None) -> None:
                                       distill=arm.distill)
             for a, x in ((arm.reference(), ref), (arm, rep)):
                 runs.setdefault(a, []).append(_summary(x, seed))
-    rows = [_row(arm, runs[arm], runs[arm.reference()]) for arm in ARMS]
+        runs.setdefault(SCRATCH, []).append(scratch_run(args, r, base, seed))
+    rows = [_row(arm, runs[arm], runs[arm.reference()]) for arm in (*ARMS, SCRATCH)]
     refs = {a.name: _row(a, runs[a], None) for a in dict.fromkeys(arm.reference() for arm in ARMS)}
     payload = {"provenance": common.provenance(args, {"recipe": asdict(r), "ratio": 0.7, "round_to": 8,
                                                       "arms": [asdict(a) for a in ARMS]}),
@@ -119,7 +163,7 @@ def _markdown(rows, refs, r) -> str:
              f"SE-ResNet18, UC Merced 64x64, the `criteria` base models; references fine-tune {r.ft_epochs} epochs, "
              "local, r1 = 1. Accuracy in %, mean ± std over seeds; the difference is paired by seed against the "
              "same method's reference (95 % Student t interval).", "", common.describe(r), "",
-             "| knob | method | fine-tuning epochs | MACs (x fewer) | fine-tuned, best epoch | fine-tuned, last epoch | last-epoch diff vs reference |",
+             "| knob | method | epochs after pruning | MACs (x fewer) | fine-tuned, best epoch | fine-tuned, last epoch | last-epoch diff vs reference |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         c = row["vs_reference_last"]
