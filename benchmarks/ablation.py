@@ -99,12 +99,19 @@ def scratch_run(args, r, base: Path, seed: int) -> dict:
 
 
 def main(argv=None) -> None:
-    args = common.parser(__doc__).parse_args(argv)
+    p = common.parser(__doc__)
+    p.add_argument("--arms", default=None,
+                   help="run only these arms (0-based indices into ARMS, and/or 'scratch'), e.g. to fill the "
+                        "cache from two processes; the results file is written only for a full run")
+    args = p.parse_args(argv)
     r = common.recipe(args)
+    chosen = args.arms.split(",") if args.arms else None
     runs: dict[Arm, list[dict]] = {}
     for seed in common.seeds(args):
         base = common.base_checkpoint(args, r, seed)
-        for arm in ARMS:
+        for i, arm in enumerate(ARMS):
+            if chosen is not None and str(i) not in chosen:
+                continue
             ref = common.compress_run(args, r, base, seed, criterion=arm.criterion, loss=arm.loss, distill=arm.distill)
             # Global arms prune to the reference's MACs (a global ratio of 0.7 would not be equal compute).
             target = ref["macs"]["after"] / ref["macs"]["before"] if arm.scope == "global" else None
@@ -113,7 +120,10 @@ def main(argv=None) -> None:
                                       distill=arm.distill)
             for a, x in ((arm.reference(), ref), (arm, rep)):
                 runs.setdefault(a, []).append(_summary(x, seed))
-        runs.setdefault(SCRATCH, []).append(scratch_run(args, r, base, seed))
+        if chosen is None or "scratch" in chosen:
+            runs.setdefault(SCRATCH, []).append(scratch_run(args, r, base, seed))
+    if chosen is not None:
+        return
     rows = [_row(arm, runs[arm], runs[arm.reference()]) for arm in (*ARMS, SCRATCH)]
     refs = {a.name: _row(a, runs[a], None) for a in dict.fromkeys(arm.reference() for arm in ARMS)}
     payload = {"provenance": common.provenance(args, {"recipe": asdict(r), "ratio": 0.7, "round_to": 8,
