@@ -119,7 +119,9 @@ def main(argv=None) -> None:
                                       r1=arm.r1, ft_epochs=r.ft_epochs * arm.ft_factor, target_macs=target,
                                       distill=arm.distill)
             for a, x in ((arm.reference(), ref), (arm, rep)):
-                runs.setdefault(a, []).append(_summary(x, seed))
+                # Several arms share a reference: keep one run per seed, or the pairing by seed breaks.
+                if all(y["seed"] != seed for y in runs.setdefault(a, [])):
+                    runs[a].append(_summary(x, seed))
         if chosen is None or "scratch" in chosen:
             runs.setdefault(SCRATCH, []).append(scratch_run(args, r, base, seed))
     if chosen is not None:

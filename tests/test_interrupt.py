@@ -15,6 +15,12 @@ pytestmark = pytest.mark.slow
 EPOCHS = 12
 
 
+def _default_sigint() -> None:
+    # A suite started in the background (nohup, `&`, some CI runners) hands its children SIGINT
+    # ignored, and Python then keeps it ignored; the test is about Ctrl-C in a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _train_cmd(data, out, *extra):
     return [sys.executable, "-m", "rtdeploy", "train", "--data", str(data), "--arch", "tiny_se",
             "--img-size", "24", "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "3", "--out", str(out), *extra]
@@ -26,7 +32,7 @@ def test_interrupted_training_resumes_to_the_same_result(image_folder, tmp_path,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     interrupted = tmp_path / "cut.pt"
     proc = subprocess.Popen(_train_cmd(data, interrupted), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
+                            env=env, text=True, preexec_fn=_default_sigint)
     last = tmp_path / "cut.pt.last"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -66,7 +72,7 @@ def test_interrupted_compress_resumes_to_the_same_result(image_folder, tmp_path)
     assert trained.returncode == 0, trained.stderr
     cut = tmp_path / "cut.pt"
     proc = subprocess.Popen(_compress_cmd(base, data, cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, text=True)
+                            env=env, text=True, preexec_fn=_default_sigint)
     last = tmp_path / "cut.pt.last"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
