@@ -1,4 +1,4 @@
-"""Why CAP + AML trails the baselines here: the knobs the paper leaves open, one at a time.
+"""What decides the accuracy of CAP + AML and the baselines: the knobs the paper leaves open, one at a time.
 
 Every arm starts from the same cached base models as `benchmarks.criteria` (same seeds, same
 recipe) and is compared, paired by seed, with its own 30-epoch local reference from that table:

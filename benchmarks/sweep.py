@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 from . import common
 
@@ -46,8 +47,7 @@ def main(argv=None) -> None:
 
 
 def _best_baseline(args) -> str:
-    suffix = ("" if args.recipe == "v2" else f".{args.recipe}") + (".quick" if args.quick else "")
-    path = args.results_dir / f"criteria{suffix}.json"
+    path = Path(f"{common.results_stem(args, 'criteria')}.json")
     if not path.exists():
         return "l1"
     rows = json.loads(path.read_text())["rows"]
