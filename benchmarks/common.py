@@ -115,12 +115,13 @@ def base_checkpoint(args, r: Recipe, seed: int) -> Path:
     from rtdeploy.train.job import run_training
 
     out = runs_dir(args) / f"{r.arch}{r.file_tag()}_s{seed}.pt"
+    # The v1/v2 benchmark recipes predate validation splits: they select on test (paper protocol).
     cfg = TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule=r.schedule, seed=seed,
-                      label_smoothing=r.label_smoothing)
+                      label_smoothing=r.label_smoothing, select="test")
     summary = out.with_suffix(".json")
     if out.exists() and summary.exists():
         s = json.loads(summary.read_text())
-        ignore = ("device", "workers", "milestones")
+        ignore = ("device", "workers", "milestones", "select")
         wanted = {k: v for k, v in asdict(cfg).items() if k not in ignore}
         # Summaries written before a setting existed were made with its default.
         have = {k: s["config"].get(k, getattr(TrainConfig, k)) for k in wanted}
@@ -158,7 +159,7 @@ def compress_run(args, r: Recipe, base: Path, seed: int, *, criterion: str, loss
     cfg = CompressConfig(criterion=criterion, loss=loss, distill=distill, r1=r1,
                          prune=PruneConfig(ratio=ratio, scope=scope, round_to=round_to, target_macs=target_macs),
                          train=TrainConfig(epochs=ft_epochs, batch_size=r.batch_size, lr=r.ft_lr,
-                                           schedule="cosine", seed=seed))
+                                           schedule="cosine", seed=seed, label_smoothing=0.0, select="test"))
     _, meta = load_checkpoint(base)
     split = split_settings(meta)
     splits = load(args, r, split["seed"], mean=meta.mean, std=meta.std)

@@ -2,40 +2,61 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import report as fmt
+from ..defaults import COMPRESS_RECIPES, resolve, shown
 from ..errors import ConfigError
 from ..fsutil import check_output
 from .app import app
-from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
-                     Workers, console, load_data, progress)
+from .common import Data, DataRoot, Device, Force, SkipBad, Workers, console, load_data, progress
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
-Criterion = Annotated[str, typer.Option(
-    "--criterion", help="Channel ranking: cap (RemoteTrimmer: |gamma| x mean SE attention, needs an SE model), "
-                        "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random.")]
-Ratio = Annotated[Optional[float], typer.Option(
-    "--ratio", help="Share of channels removed per layer (local) or overall (global), in (0, 1); "
-                    "0.7 (the paper's) unless --target-macs is given.", show_default=False)]
+C = COMPRESS_RECIPES
+
+
+def _opt(flag: str, field: str, text: str):
+    """An option whose default comes from the --recipe (shown per recipe in --help)."""
+    return typer.Option(flag, help=f"{text} \\[default: {shown(C, field)}]", show_default=False)
+
+
+Criterion = Annotated[Optional[str], _opt(
+    "--criterion", "criterion", "Channel ranking: cap (RemoteTrimmer: |gamma| x mean SE attention, needs an SE model), "
+                                "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random; auto = cap "
+                                "for a model with SE blocks, else l1.")]
+Ratio = Annotated[Optional[float], _opt(
+    "--ratio", "ratio", "Share of channels removed per layer (local) or overall (global), in (0, 1); ignored with "
+                        "--target-macs.")]
 TargetMacs = Annotated[Optional[float], typer.Option(
     "--target-macs", help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); "
                           "the ratio is searched.")]
-Scope = Annotated[str, typer.Option("--scope", help="local: the same ratio in every layer (the paper's); "
-                                                    "global: one ranking over all layers.")]
-RoundTo = Annotated[int, typer.Option(
-    "--round-to", help="Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
-                       "MACs); 1 = no rounding.")]
-Loss = Annotated[str, typer.Option("--loss", help="Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
-R1 = Annotated[float, typer.Option("--r1", help="AML weight of the hard-sample term exp(d + d^2).")]
-R2 = Annotated[float, typer.Option("--r2", help="AML weight of the cross-entropy term.")]
-Distill = Annotated[bool, typer.Option("--distill/--no-distill", help="Also distil from the unpruned model (beyond the paper).")]
-KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="Distillation temperature.")]
-KdWeight = Annotated[float, typer.Option("--kd-weight", help="Share of the distillation term in the loss, in (0, 1].")]
-CalibImages = Annotated[int, typer.Option("--calib-images", help="Train images used to measure the mean SE attention.")]
+Scope = Annotated[Optional[str], _opt("--scope", "scope", "local: the same ratio in every layer (the paper's); "
+                                                          "global: one ranking over all layers.")]
+RoundTo = Annotated[Optional[int], _opt(
+    "--round-to", "round_to", "Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
+                              "MACs); 1 = no rounding.")]
+Loss = Annotated[Optional[str], _opt("--loss", "loss", "Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
+R1 = Annotated[Optional[float], _opt("--r1", "r1", "AML weight of the hard-sample term exp(d + d^2).")]
+R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entropy term.")]
+Distill = Annotated[Optional[bool], _opt("--distill/--no-distill", "distill", "Also distil from the unpruned model (beyond the paper; each step then also runs the unpruned model).")]
+KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperature", "Distillation temperature.")]
+KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].")]
+CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.")]
+FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).")]
+FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step.")]
+FtLr = Annotated[Optional[float], _opt("--lr", "lr", "Peak fine-tuning learning rate.")]
+FtMomentum = Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum.")]
+FtWd = Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.")]
+FtSchedule = Annotated[Optional[str], _opt("--schedule", "schedule", "LR schedule: cosine, step, onecycle, constant.")]
+FtSelect = Annotated[Optional[str], _opt("--select", "select", "Which fine-tuning epoch to keep: val (the parent's validation split; the last epoch unless an earlier one is significantly better; last epoch when the parent has no validation split), test (the paper's protocol; labelled so), last.")]
+FtAugment = Annotated[Optional[bool], _opt("--augment/--no-augment", "augment", "Random flips and 90-degree rotations of training images while fine-tuning.")]
+FtCrop = Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: random square crops of this..1 of the area (1 = off).")]
+FtSmoothing = Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term while fine-tuning.")]
+Recipe = Annotated[str, typer.Option("--recipe", help="Where unset options take their defaults: 'default' (the best recipe we measured: see README 'Defaults') or 'paper' (RemoteTrimmer's one-shot CAP + AML, 30 epochs, best epoch chosen on the TEST split). Options you pass override it.")]
 FinetuneSeed = Annotated[int, typer.Option(
     "--seed", help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
                    "follows the checkpoint's training run).")]
@@ -49,47 +70,48 @@ _ROW_LABELS = {"original": "original", "folded": "folded (SE stripped)", "pruned
 @app.command()
 def compress(
     ckpt: Ckpt, out: Out,
-    data: Data = None, data_root: DataRoot = None, skip_bad_images: SkipBad = False,
-    criterion: Criterion = "cap", ratio: Ratio = None, target_macs: TargetMacs = None, scope: Scope = "local",
-    round_to: RoundTo = 8, loss: Loss = "aml", r1: R1 = 1.0, r2: R2 = 1.0,
-    # lr 0.01 (the paper's fine-tuning lr, 5x below training from scratch) with momentum and
-    # cosine decay: the pruned net keeps its inherited weights and converges in ~30 epochs.
-    epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.01, momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
-    distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
-    augment: Augment = False, crop_scale: CropScale = 1.0, label_smoothing: LabelSmoothing = 0.0, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
+    data: Data = None, data_root: DataRoot = None, skip_bad_images: SkipBad = False, recipe: Recipe = "default",
+    criterion: Criterion = None, ratio: Ratio = None, target_macs: TargetMacs = None, scope: Scope = None,
+    round_to: RoundTo = None, loss: Loss = None, r1: R1 = None, r2: R2 = None,
+    epochs: FtEpochs = None, batch_size: FtBatch = None, lr: FtLr = None, momentum: FtMomentum = None,
+    weight_decay: FtWd = None, schedule: FtSchedule = None, select: FtSelect = None,
+    distill: Distill = None, kd_temperature: KdTemperature = None, kd_weight: KdWeight = None,
+    augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
+    calib_images: CalibImages = None, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
-    """Prune a trained checkpoint with channel attention pruning, then fine-tune it.
+    """Prune a trained checkpoint (channel attention pruning where it has SE blocks), then fine-tune it.
 
-    Stages: evaluate -> capture the mean SE attention -> fold it into BatchNorm and strip SE ->
-    prune channels (torch-pruning) -> fine-tune (adaptive mining loss) -> save. Accuracies are
-    measured on the checkpoint's own test split.
+    Stages: evaluate -> capture the mean SE attention -> fold it into BatchNorm and strip SE -> prune channels (torch-pruning) -> fine-tune -> save. Accuracies are measured on the checkpoint's own test split; the kept fine-tuning epoch is chosen on its validation split.
 
-    Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --ratio 0.7 --epochs 30 --out runs/cap70.pt
+    Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --out runs/pruned.pt
     """
-    from ..compress import CompressConfig, compress as run_compress, planned_stages, preflight
+    from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
     from ..evaluation import splits_for
     from ..prune import PruneConfig
-    from ..train import TrainConfig
 
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either --ratio or --target-macs, not both")
+    r = resolve(C, recipe, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, loss=loss, r1=r1, r2=r2,
+                epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
+                augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images)
+    train_cfg = replace(finetune_defaults(r), seed=seed, device=device, workers=workers)
     cfg = CompressConfig(
-        criterion=criterion, loss=loss, r1=r1, r2=r2, distill=distill, kd_temperature=kd_temperature,
-        kd_weight=kd_weight, calib_images=calib_images,
-        prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs),
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
+        criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
+        kd_weight=r.kd_weight, calib_images=r.calib_images,
+        prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs),
+        train=train_cfg)
+    epochs = r.epochs
     report = report or out.with_suffix(".json")
     check_output(out, force=force or resume is not None)
     check_output(report, force=force or resume is not None, flag="--report")
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
-                        augment=augment, crop_scale=crop_scale)
+                        augment=r.augment, crop_scale=r.crop_scale)
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
@@ -138,10 +160,13 @@ def _render(r, out: Path, report: Path) -> None:
     base = r.stages[0]
     rows = [{"stage": _ROW_LABELS[s["stage"]], "params": fmt.human_count(s["params"]),
              "MACs": fmt.human_count(s["macs"]), "MACs vs original": f"{s['macs'] / max(base['macs'], 1):.3f}",
-             "accuracy": fmt.pct(s["accuracy"])} for s in r.stages]
+             "test accuracy": fmt.pct(s["accuracy"])} for s in r.stages]
     title = (f"rtdeploy compress: {r.arch}, {r.criterion} at ratio {r.ratio:.3g} "
              f"({r.settings['prune']['scope']}, round-to {r.settings['prune']['round_to']})")
     console.print(fmt.rich_table(rows, title=title))
+    ft = r.finetune
+    console.print(f"kept fine-tuning epoch {ft['best_epoch']} of {len(ft['epochs'])}, selected on: {r.selected_on}"
+                  + ("  [bold red](test accuracy selected on test: optimistic)[/]" if r.selected_on.startswith("test") else ""))
     times = [{"stage": k.replace("_", " "), "seconds": f"{v:.1f}"} for k, v in r.seconds.items()]
     console.print(fmt.rich_table(times, title="time per stage"))
     console.print(f"wrote {out} and {report}")

@@ -7,18 +7,18 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
+from ..defaults import OPSET
 from ..fsutil import check_output, write_text
 from .app import app
 from .common import Data, DataRoot, Force, console, err_console, load_data
 
-OPSET_DEFAULT = 17  # == rtdeploy.export.DEFAULT_OPSET (not imported here: keeps --help fast)
 
 
 @app.command()
 def export(
     ckpt: Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")],
     out: Annotated[Path, typer.Option("--out", help="ONNX file to write; with --int8 the INT8 copy goes beside it as <name>.int8.onnx.")],
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = OPSET_DEFAULT,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = OPSET,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch dimension, or a fixed one (--batch-size).")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", help="The fixed batch of a --static-batch graph.")] = 1,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxsim, onnxslim or none.")] = "onnxsim",

@@ -7,44 +7,69 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
+from ..defaults import TRAIN_RECIPES, resolve, shown
 from ..fsutil import check_output, write_text
 from .app import app
-from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
-                     LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
-                     err_console, load_data, training_progress)
+from .common import (Data, DataRoot, Device, Force, JsonOut, Seed, SkipBad, Workers, console, err_console, load_data,
+                     training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
 
 
+T = TRAIN_RECIPES
+
+
+def _opt(flag: str, field: str, text: str):
+    """An option whose default comes from the --recipe (shown per recipe in --help)."""
+    return typer.Option(flag, help=f"{text} \\[default: {shown(T, field)}]", show_default=False)
+
+
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (best epoch); '<out>.last' keeps the latest epoch for --resume, '<out stem>.json' the summary.")],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (the kept epoch); '<out>.last' keeps the latest epoch for --resume, '<out stem>.json' the summary.")],
     data: Data = None, data_root: DataRoot = None,
     arch: Annotated[str, typer.Option("--arch", help="Registered model: resnet18_se (the paper's), resnet18, vgg16_se, vgg16, tiny_se, tiny, or tv/<torchvision model>.")] = "resnet18_se",
-    img_size: ImgSize = 64, epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.05,
-    momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
-    seed: Seed = 0, device: Device = "auto", workers: Workers = 0, val_frac: ValFrac = 0.0,
-    test_frac: TestFrac = 0.3, augment: Augment = False, crop_scale: CropScale = 1.0,
-    label_smoothing: LabelSmoothing = 0.0, skip_bad_images: SkipBad = False,
+    recipe: Annotated[str, typer.Option("--recipe", help="Where unset options take their defaults: 'default' (the best recipe we measured: see README 'Defaults') or 'paper' (RemoteTrimmer's protocol: no augmentation, best epoch chosen on the TEST split). Options you pass override it.")] = "default",
+    img_size: Annotated[Optional[int], _opt("--img-size", "img_size", "Square input size in pixels; images are resized.")] = None,
+    epochs: Annotated[Optional[int], _opt("--epochs", "epochs", "Training epochs.")] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per training step.")] = None,
+    lr: Annotated[Optional[float], _opt("--lr", "lr", "Peak SGD learning rate.")] = None,
+    momentum: Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum (the paper used 0).")] = None,
+    weight_decay: Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.")] = None,
+    schedule: Annotated[Optional[str], _opt("--schedule", "schedule", "LR schedule: cosine, step (x0.1 at 50% and 75%, the paper's shape), onecycle, constant.")] = None,
+    seed: Seed = 0, device: Device = "auto", workers: Workers = 0,
+    val_frac: Annotated[Optional[float], _opt("--val-frac", "val_frac", "Share of each class held out for validation (selects the kept epoch; the test split stays untouched until the final report).")] = None,
+    test_frac: Annotated[Optional[float], _opt("--test-frac", "test_frac", "Share of each class in the test split (the paper: 0.3).")] = None,
+    select: Annotated[Optional[str], _opt("--select", "select", "Which epoch to keep: val (the last epoch unless an earlier one is significantly better on validation), test (the paper's protocol: the best test epoch; labelled so), last.")] = None,
+    augment: Annotated[Optional[bool], _opt("--augment/--no-augment", "augment", "Random flips and 90-degree rotations of training images.")] = None,
+    crop_scale: Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: also random square crops of this..1 of the image area, resized back (1 = off).")] = None,
+    label_smoothing: Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term, in [0, 1).")] = None,
+    skip_bad_images: SkipBad = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its '<out>.last' file (or the --out checkpoint beside it).")] = None,
     force: Force = False,
 ):
-    """Train a classifier from scratch and keep the best epoch.
+    """Train a classifier from scratch and keep the epoch chosen on a validation split.
 
-    Example: rtdeploy train --data ../shared/data/ucmerced --arch resnet18_se --img-size 64 --epochs 30 --out runs/base.pt
+    With no options beyond --data and --out this runs rtdeploy's best measured recipe; --recipe paper reproduces RemoteTrimmer's protocol for comparison.
+
+    Example: rtdeploy train --data ../shared/data/ucmerced --out runs/base.pt
     """
     from ..models import create_model
     from ..train import TrainConfig
     from ..train.job import run_training, summary_path
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule, seed=seed,
-                      device=device, workers=workers)
+    r = resolve(T, recipe, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                weight_decay=weight_decay, schedule=schedule, val_frac=val_frac, test_frac=test_frac, select=select,
+                augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing)
+    cfg = TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, momentum=r.momentum,
+                      weight_decay=r.weight_decay, label_smoothing=r.label_smoothing, schedule=r.schedule, seed=seed,
+                      device=device, workers=workers, select=r.select)
+    img_size, epochs = r.img_size, r.epochs
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     check_output(out, force=force or resume is not None)
     check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
-    splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
-                       val_frac=val_frac, augment=augment, crop_scale=crop_scale,
+    splits = load_data(data, data_root=data_root, img_size=r.img_size, seed=seed, test_frac=r.test_frac,
+                       val_frac=r.val_frac, augment=r.augment, crop_scale=r.crop_scale,
                        skip_bad_images=skip_bad_images)
     if splits.skipped:
         err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}")
@@ -53,8 +78,10 @@ def train(
     rows = [{"": "model", "value": f"{s.arch} ({s.classes} classes, {s.img_size}px)"},
             {"": "data", "value": f"{s.data}: {s.split['train']} train / {s.split['val']} val / {s.split['test']} test"},
             {"": "params", "value": fmt.human_count(s.params)}, {"": "MACs", "value": fmt.human_count(s.macs)},
-            {"": f"best {s.eval_split} accuracy", "value": f"{fmt.pct(s.best_accuracy)} (epoch {s.best_epoch})"},
-            {"": "final accuracy", "value": fmt.pct(s.final_accuracy)},
+            {"": "kept epoch", "value": f"{s.best_epoch} of {len(s.epochs)} (selection: {s.selected_on})"},
+            {"": f"{s.eval_split} accuracy", "value": f"{fmt.pct(s.best_accuracy)} (last epoch {fmt.pct(s.final_accuracy)})"},
+            {"": "test accuracy" + (" (selected on test)" if s.eval_split == "test" and s.selected_on.startswith("test") else ""),
+             "value": fmt.pct(s.test_accuracy)},
             {"": "time", "value": f"{s.seconds:.0f} s"}, {"": "checkpoint", "value": str(out)}]
     console.print(fmt.rich_table(rows, title="rtdeploy train"))
 

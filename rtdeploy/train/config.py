@@ -5,25 +5,31 @@ from dataclasses import dataclass
 
 import torch
 
+from ..defaults import TRAIN
 from ..errors import ConfigError
+from .selection import SELECT_RULES
 
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0  # on the cross-entropy term (of `ce`, and of `aml`)
+    """Optimisation settings. The defaults are recipe "default" of rtdeploy/defaults.py (justified
+    there), the same object the CLI reads its defaults from."""
+
+    epochs: int = TRAIN.epochs
+    batch_size: int = TRAIN.batch_size
+    lr: float = TRAIN.lr
+    momentum: float = TRAIN.momentum
+    weight_decay: float = TRAIN.weight_decay
+    label_smoothing: float = TRAIN.label_smoothing  # on the cross-entropy term (of `ce`, and of `aml`)
     # "step" decays x0.1 at these fractions of the run: the paper's 80 and 120 of 160 epochs.
-    schedule: str = "cosine"
+    schedule: str = TRAIN.schedule
     milestones: tuple[float, ...] = (0.5, 0.75)
     seed: int = 0
     device: str = "auto"
     workers: int = 0
+    select: str = TRAIN.select  # which epoch to keep: val, test (the paper's protocol) or last; see selection.py
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -40,6 +46,8 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.select not in SELECT_RULES:
+            raise ConfigError(f"--select must be one of {', '.join(SELECT_RULES)}, got {self.select!r}")
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         resolve_device(self.device)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -13,9 +13,11 @@ from ..errors import CheckpointError, ConfigError
 from ..fsutil import write_json
 from ..models import create_model
 from ..models.complexity import count_macs_params
-from .config import TrainConfig
+from .config import TrainConfig, resolve_device
+from .evaluate import evaluate
 from .losses import create_loss
 from .loop import TrainReport, fit
+from .selection import selection_split
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,12 @@ class TrainSummary:
     config: dict
     params: int
     macs: int
-    best_epoch: int
-    best_accuracy: float
-    final_accuracy: float
-    eval_split: str
+    best_epoch: int  # the epoch kept (see train/selection.py)
+    best_accuracy: float  # its accuracy on the selection split
+    final_accuracy: float  # the last epoch's accuracy on the selection split
+    eval_split: str  # the selection split: val, or test under the paper's protocol
+    selected_on: str
+    test_accuracy: float  # the kept model on the test split, measured once at the end
     seconds: float
     resumed_from_epoch: int
     checkpoint: str
@@ -66,14 +70,22 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
         save_checkpoint(out, best, meta)
         save_checkpoint(last, model, meta, state=resume_state)
 
-    best, report = fit(model, splits.train, splits.eval_split, create_loss(loss, label_smoothing=cfg.label_smoothing), cfg,
-                       on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
+    eval_ds, rule, selected_on = selection_split(splits, cfg.select)
+    best, report = fit(model, splits.train, eval_ds, create_loss(loss, label_smoothing=cfg.label_smoothing),
+                       replace(cfg, select=rule), on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
+    test_accuracy = evaluate(best, splits.test, cfg.batch_size, resolve_device(cfg.device)).accuracy
+    # The checkpoint carries the kept model's selection-split and test accuracy (written last,
+    # so an interrupted run's checkpoint never claims a test number).
+    meta.history[-1].update(selected_on=selected_on, test_accuracy=test_accuracy,
+                            val_accuracy=report.best_accuracy if eval_ds is splits.val else None)
+    save_checkpoint(out, best, meta)
     macs, params = count_macs_params(best, splits.img_size)
     summary = TrainSummary(
         stage="train", arch=arch, data=splits.source, classes=len(splits.classes),
         split=_split_sizes(splits), augment=splits.train.augment, crop_scale=splits.train.crop_scale, img_size=splits.img_size, seed=cfg.seed, config=asdict(cfg),
         params=params, macs=macs, best_epoch=report.best_epoch, best_accuracy=report.best_accuracy,
-        final_accuracy=report.final_accuracy, eval_split="val" if splits.val is not None else "test",
+        final_accuracy=report.final_accuracy, eval_split="test" if eval_ds is splits.test else "val",
+        selected_on=selected_on, test_accuracy=test_accuracy,
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
         epochs=[asdict(e) for e in report.epochs])
     write_json(summary_path(out), asdict(summary))
@@ -88,7 +100,7 @@ def _split_sizes(splits) -> dict:
 def _history(arch, splits, cfg, report: TrainReport) -> dict:
     return {"stage": "train", "arch": arch, "data": splits.source, "seed": cfg.seed,
             "augment": splits.train.augment, "crop_scale": splits.train.crop_scale, "test_frac": splits.test_frac, "val_frac": splits.val_frac, "max_per_class": splits.max_per_class,
-            "epochs": len(report.epochs), "best_epoch": report.best_epoch,
+            "epochs": len(report.epochs), "best_epoch": report.best_epoch, "select": report.selection,
             "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
 
 
