@@ -44,6 +44,8 @@ def _args():
     p.add_argument("--jobs", type=int, default=1, help="commands run at once")
     p.add_argument("--criteria", default="bn,l1,fpgm,random", help="other criteria at the default budget")
     p.add_argument("--variants", default=",".join(VARIANTS), help="32px and/or half (empty: none)")
+    p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
+                   "benchmark itself uses the commands' default architecture")
     p.add_argument("--collect-only", action="store_true", help="only summarise the runs already in --runs-dir")
     p.set_defaults(runs_dir=Path("runs/defaults"))
     return p.parse_args()
@@ -67,11 +69,12 @@ def _half(data: str, dest: Path) -> str:
 def plan(args, runs: Path) -> list[Job]:
     rt = [sys.executable, "-m", "rtdeploy"]
     dev = ["--device", args.device] + (["--epochs", "2"] if args.quick else [])  # --quick: a smoke run
+    arch = ["--arch", args.arch] if args.arch else []
     jobs: list[Job] = []
 
     def train(name, data, *extra):
         out = runs / f"{name}.pt"
-        jobs.append(Job(name, [*rt, "train", "--data", data, "--out", str(out), *dev, *extra], out))
+        jobs.append(Job(name, [*rt, "train", "--data", data, "--out", str(out), *dev, *arch, *extra], out))
 
     def compress(name, parent, data, *extra):
         out = runs / f"{name}.pt"
