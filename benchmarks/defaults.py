@@ -46,6 +46,9 @@ def _args():
     p.add_argument("--variants", default=",".join(VARIANTS), help="32px and/or half (empty: none)")
     p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
                    "benchmark itself uses the commands' default architecture")
+    p.add_argument("--ran-on", default=None, help="with --collect-only: the machine the runs ran on, when it is "
+                   "not this one (its package versions are read from the runs' own JSON)")
+    p.add_argument("--skip-paper", action="store_true", help="leave out the --recipe paper rows")
     p.add_argument("--collect-only", action="store_true", help="only summarise the runs already in --runs-dir")
     p.set_defaults(runs_dir=Path("runs/defaults"))
     return p.parse_args()
@@ -86,10 +89,11 @@ def plan(args, runs: Path) -> list[Job]:
     for s in common.seeds(args):
         seed = ["--seed", str(s)]
         train(f"parent_s{s}", data, *seed)
-        train(f"paper_s{s}", data, "--recipe", "paper", *seed)
         compress(f"default70_s{s}", f"parent_s{s}", data, *seed)
         compress(f"default80_s{s}", f"parent_s{s}", data, "--ratio", "0.8", *seed)
-        compress(f"paper70_s{s}", f"paper_s{s}", data, "--recipe", "paper", *seed)
+        if not args.skip_paper:
+            train(f"paper_s{s}", data, "--recipe", "paper", *seed)
+            compress(f"paper70_s{s}", f"paper_s{s}", data, "--recipe", "paper", *seed)
         for c in [c for c in args.criteria.split(",") if c]:
             compress(f"{c}70_s{s}", f"parent_s{s}", data, "--criterion", c, *seed)
         if "32px" in variants:
@@ -152,7 +156,7 @@ def collect(args, runs: Path) -> dict:
                          "seconds": [c["seconds"]["finetune"] for _, c, _ in got],
                          "time_vs_parent": [c["seconds"]["finetune"] / p["seconds"] for _, c, p in got],
                          "criterion": got[0][1]["criterion"], "ratio": got[0][1]["ratio"],
-                         "macs": got[0][1]["macs"], "params": got[0][1]["params"],
+                         "macs": got[0][1]["macs"]["after"], "params": got[0][1]["params"]["after"],
                          "selected_on": got[0][1].get("selected_on", "test"),
                          "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got]}
 
@@ -173,7 +177,8 @@ def collect(args, runs: Path) -> dict:
 def markdown(rows: dict, prov: dict) -> str:
     m = prov["machine"]
     lines = ["# The plain commands (issue 11): defaults vs. the paper's protocol", "",
-             f"UC Merced ({prov['data']}), SE-ResNet18, seeds {prov['seeds']}, run on {m.get('gpu') or m['cpu']} "
+             f"UC Merced ({prov['data']}), SE-ResNet18, seeds {prov['seeds']}, run on "
+             f"{m.get('ran_on') or m.get('gpu') or m['cpu']} "
              f"(device `{prov['settings']['device']}`). Test accuracy (%) of the model each command kept, mean ± std over "
              "seeds; 'vs parent' is the paired difference with its 95 % Student t half-width. Time: the fine-tuning "
              "stage's wall time over the parent's training time, same machine.", "",
@@ -207,6 +212,10 @@ def main() -> None:
 
         if torch.cuda.is_available():
             prov["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    if args.ran_on:
+        prov["machine"] = {**prov["machine"], "ran_on": args.ran_on, "summarised_on": prov["machine"]["cpu"]}
+        first = next(iter(runs.glob("parent_s*.json")), None)
+        prov["versions"] = json.loads(first.read_text())["versions"] if first else {}
     payload = {"provenance": prov, "rows": rows}
     common.write_results(args, "defaults", payload, markdown(rows, prov))
 
