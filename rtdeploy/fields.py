@@ -20,6 +20,14 @@ MAX_CLASSES = 100_000        # an ImageNet-21k head; a larger list is a crafted 
 MAX_SEED = 2**32 - 1         # numpy and DataLoader seeds are 32-bit
 MAX_WIDTH = 1 << 16          # channels/features of one layer (VGG-16's widest is 4096)
 MAX_JSON_CHARS = 10_000_000  # a metadata string this long is not rtdeploy's
+# Upper bounds of settings: far above any real run, low enough that no flag can ask for an
+# allocation or loop that never ends (2**70 epochs, a batch of a billion images).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 65_536
+MAX_WORKERS = 256
+MAX_LR = 100.0
+MAX_WEIGHT_DECAY = 10.0
+MAX_IMAGES = 10**7           # --calib-images, --parity-images: more than any dataset decoded in memory
 
 
 class FieldError(ValueError):
@@ -146,3 +154,26 @@ def split(value, field: str) -> dict:
     dict_of(value, field)
     known_keys(value, field, SPLIT_FIELDS)
     return {k: SPLIT_FIELDS[k](v, f"{field}.{k}") for k, v in value.items()}
+
+
+# ---------------------------------------------------------------- settings (CLI flags, configs)
+
+def flag_value(flag: str, value, low, high, *, integer: bool = False, low_open: bool = False,
+               high_open: bool = False):
+    """`value` of option `flag` if it is a finite number (an integer with `integer`) in range;
+    else ConfigError naming the flag and the range. Used by the CLI at parse time and by the
+    config dataclasses, so a library caller is refused the same way (issue 10, class 7)."""
+    from .errors import ConfigError
+
+    if value is None:
+        return value
+    kind_ok = type(value) is int if integer else type(value) in (int, float) and math.isfinite(value)
+    in_range = kind_ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not in_range:
+        if integer:
+            expected = f"an integer in {low}..{high}"
+        else:
+            expected = "a finite number in " + ("(" if low_open else "[") + f"{low:g}, {high:g}" + (")" if high_open else "]")
+        shown = show(value) if len(str(value)) <= 30 else show(str(value)[:30]) + "..."
+        raise ConfigError(f"{flag} must be {expected}, got {shown}")
+    return value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,35 +10,40 @@ import typer
 
 from .. import report as fmt
 from ..errors import ConfigError
-from ..fsutil import check_output
+from ..fsutil import plan_outputs
+from ..fields import MAX_IMAGES, MAX_SEED
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
-                     Workers, console, load_data, progress)
+                     Workers, bounded, console, data_input, load_data, progress)
+
+MAX_ROUND_TO = 1024         # channels are rounded to multiples of this; wider than any layer
+MAX_LOSS_WEIGHT = 1e6       # --r1/--r2: finite weights; the AML terms are O(1)
+MAX_KD_TEMPERATURE = 1e4
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
 Criterion = Annotated[str, typer.Option(
     "--criterion", help="Channel ranking: cap (RemoteTrimmer: |gamma| x mean SE attention, needs an SE model), "
                         "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random.")]
 Ratio = Annotated[Optional[float], typer.Option(
-    "--ratio", help="Share of channels removed per layer (local) or overall (global), in (0, 1); "
+    "--ratio", callback=bounded("--ratio", 0, 1, low_open=True, high_open=True), help="Share of channels removed per layer (local) or overall (global), in (0, 1); "
                     "0.7 (the paper's) unless --target-macs is given.", show_default=False)]
 TargetMacs = Annotated[Optional[float], typer.Option(
-    "--target-macs", help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); "
+    "--target-macs", callback=bounded("--target-macs", 0, 1, low_open=True, high_open=True), help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); "
                           "the ratio is searched.")]
 Scope = Annotated[str, typer.Option("--scope", help="local: the same ratio in every layer (the paper's); "
                                                     "global: one ranking over all layers.")]
 RoundTo = Annotated[int, typer.Option(
-    "--round-to", help="Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
+    "--round-to", callback=bounded("--round-to", 1, MAX_ROUND_TO, integer=True), help="Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
                        "MACs); 1 = no rounding.")]
 Loss = Annotated[str, typer.Option("--loss", help="Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
-R1 = Annotated[float, typer.Option("--r1", help="AML weight of the hard-sample term exp(d + d^2).")]
-R2 = Annotated[float, typer.Option("--r2", help="AML weight of the cross-entropy term.")]
+R1 = Annotated[float, typer.Option("--r1", callback=bounded("--r1", 0, MAX_LOSS_WEIGHT), help="AML weight of the hard-sample term exp(d + d^2).")]
+R2 = Annotated[float, typer.Option("--r2", callback=bounded("--r2", 0, MAX_LOSS_WEIGHT), help="AML weight of the cross-entropy term.")]
 Distill = Annotated[bool, typer.Option("--distill/--no-distill", help="Also distil from the unpruned model (beyond the paper).")]
-KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="Distillation temperature.")]
-KdWeight = Annotated[float, typer.Option("--kd-weight", help="Share of the distillation term in the loss, in (0, 1].")]
-CalibImages = Annotated[int, typer.Option("--calib-images", help="Train images used to measure the mean SE attention.")]
+KdTemperature = Annotated[float, typer.Option("--kd-temperature", callback=bounded("--kd-temperature", 0, MAX_KD_TEMPERATURE, low_open=True), help="Distillation temperature.")]
+KdWeight = Annotated[float, typer.Option("--kd-weight", callback=bounded("--kd-weight", 0, 1, low_open=True), help="Share of the distillation term in the loss, in (0, 1].")]
+CalibImages = Annotated[int, typer.Option("--calib-images", callback=bounded("--calib-images", 1, MAX_IMAGES, integer=True), help="Train images used to measure the mean SE attention.")]
 FinetuneSeed = Annotated[int, typer.Option(
-    "--seed", help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
+    "--seed", callback=bounded("--seed", 0, MAX_SEED, integer=True), help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
                    "follows the checkpoint's training run).")]
 Out = Annotated[Path, typer.Option("--out", help="Pruned checkpoint to write.")]
 ReportOut = Annotated[Optional[Path], typer.Option(
@@ -83,9 +89,11 @@ def compress(
         prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
-    report = report or out.with_suffix(".json")
-    check_output(out, force=force or resume is not None)
-    check_output(report, force=force or resume is not None, flag="--report")
+    report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
+    report = report or (out.with_suffix(".json") if out.name not in ("", ".", "..") else None)
+    _plan(ckpt, out, (report_flag, report), data, resume, force)
+    if resume is not None:
+        _check_resume(resume)
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
@@ -93,6 +101,61 @@ def compress(
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
+
+
+def _plan(ckpt: Path, out: Path, report: tuple[str, Path | None], data: str | None, resume: Path | None,
+          force: bool) -> None:
+    """compress writes '<out>', '<out>.last' and the report; --resume continues (and replaces) them."""
+    from ..checkpoint import resume_path
+
+    inputs = [ckpt, data_input(data)]
+    if resume is not None and os.path.realpath(resume) != os.path.realpath(resume_path(out)):
+        inputs.append(resume)
+    plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out), report[0]: report[1]},
+                 force=force or resume is not None)
+
+
+def _check_resume(path: Path) -> None:
+    """--resume loads and holds an intact fine-tuning state: checked before any image is decoded."""
+    from ..checkpoint import build_model, read_checkpoint
+    from ..errors import CheckpointError
+    from ..fields import FieldError
+    from ..names import show
+    from ..train.job import check_train_state
+
+    meta, _, state = read_checkpoint(path)
+    if not isinstance(state.get("compress"), dict) or not isinstance(state.get("finetune"), dict) \
+            or not isinstance(state.get("settings"), str):
+        raise CheckpointError(f"--resume {show(path)} is not the '<out>.last' file of an interrupted compress run; "
+                              f"pass that file, or start again without --resume")
+    check_train_state(state["finetune"], path, build_model(meta, path))
+    try:
+        check_compress_context(state["compress"])
+    except FieldError as e:
+        raise CheckpointError(f"--resume {show(path)} has a damaged compress state: {e}; "
+                              f"start again without --resume") from e
+
+
+def check_compress_context(ctx: dict) -> None:
+    """The stage results compress stored in '<out>.last' (see compress._saver), used on resume."""
+    from ..fields import dict_of, integer, list_of_dicts, number, text
+
+    for key in ("fold", "prune", "accuracy", "seconds"):
+        if ctx.get(key) is not None or key != "fold":
+            dict_of(ctx.get(key), f"state.compress.{key}")
+    if ctx.get("kept_reason") is not None:
+        text(ctx["kept_reason"], "state.compress.kept_reason")
+    number(ctx["prune"].get("ratio"), "state.compress.prune.ratio", 0, 1)
+    for k, v in ctx["accuracy"].items():
+        if v is not None:
+            number(v, f"state.compress.accuracy.{k}", 0, 1)
+    for k, v in ctx["seconds"].items():
+        number(v, f"state.compress.seconds.{k}", 0, 1e12)
+    for row in list_of_dicts(ctx.get("rows"), "state.compress.rows"):
+        text(row.get("stage"), "state.compress.rows stage")
+        integer(row.get("params"), "state.compress.rows params", 0, 10**13)
+        integer(row.get("macs"), "state.compress.rows macs", 0, 10**16)
+        number(row.get("accuracy"), "state.compress.rows accuracy", 0, 1)
 
 
 @contextlib.contextmanager

@@ -1,17 +1,19 @@
 """`rtdeploy train`, `rtdeploy eval`, `rtdeploy info`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import report as fmt
-from ..fsutil import check_output, write_text
+from ..fsutil import plan_outputs, write_text
+from ..names import show
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
                      LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
-                     err_console, load_data, training_progress)
+                     data_input, err_console, load_data, training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
 
@@ -35,14 +37,15 @@ def train(
     """
     from ..models import create_model
     from ..train import TrainConfig
-    from ..train.job import run_training, summary_path
+    from ..train.job import check_resume, run_training
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule, seed=seed,
                       device=device, workers=workers)
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
-    check_output(out, force=force or resume is not None)
-    check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
+    _plan_train(out, data, resume, force)
+    if resume is not None:  # exists, loads, holds training state for this --arch: before decoding
+        check_resume(resume, arch, cfg, img_size)
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
                        val_frac=val_frac, augment=augment, crop_scale=crop_scale,
                        skip_bad_images=skip_bad_images)
@@ -59,14 +62,30 @@ def train(
     console.print(fmt.rich_table(rows, title="rtdeploy train"))
 
 
+def _plan_train(out: Path, data: str | None, resume: Path | None, force: bool) -> None:
+    """train writes '<out>', '<out>.last' and '<out stem>.json'; --resume continues (and so
+    replaces) the run's own files, and may name the .last file or the checkpoint beside it."""
+    from ..checkpoint import resume_path
+    from ..train.job import summary_path
+
+    own = {os.path.realpath(p) for p in (out, resume_path(out))}
+    inputs = [data_input(data)]
+    if resume is not None and os.path.realpath(resume) not in own:
+        inputs.append(resume)
+    plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out),
+                          "--out (its summary '<out stem>.json')": summary_path(out)},
+                 force=force or resume is not None)
+
+
 @app.command("eval")
 def evaluate_cmd(ckpt: Ckpt, data: Data = None, data_root: DataRoot = None, json_out: JsonOut = None,
                  split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
-                 confusion: Annotated[bool, typer.Option("--confusion/--no-confusion", help="Print the confusion matrix.")] = True):
+                 confusion: Annotated[bool, typer.Option("--confusion/--no-confusion", help="Print the confusion matrix.")] = True,
+                 force: Force = False):
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint, on the same split it was trained with."""
     from ..evaluation import evaluate_checkpoint
 
-    check_output(json_out, flag="--json")
+    plan_outputs([ckpt, data_input(data)], {"--json": json_out}, force=force)
     r = evaluate_checkpoint(ckpt, data, data_root=data_root, split=split, load=load_data)
     console.print(f"[bold]{r.arch}[/] on {r.data} ({r.split} split, {r.images} images): "
                   f"accuracy [bold]{fmt.pct(r.accuracy)}[/]")
@@ -82,18 +101,19 @@ def evaluate_cmd(ckpt: Ckpt, data: Data = None, data_root: DataRoot = None, json
 
 @app.command()
 def info(ckpt: Ckpt, json_out: JsonOut = None,
-         layers: Annotated[bool, typer.Option("--layers/--no-layers", help="List per-layer widths.")] = True):
+         layers: Annotated[bool, typer.Option("--layers/--no-layers", help="List per-layer widths.")] = True,
+         force: Force = False):
     """Architecture, classes, input size, params, MACs and per-layer widths of a checkpoint."""
     from ..evaluation import describe_checkpoint
 
-    check_output(json_out, flag="--json")
+    plan_outputs([ckpt], {"--json": json_out}, force=force)
     r = describe_checkpoint(ckpt)
     rows = [{"": "architecture", "value": r.arch}, {"": "classes", "value": f"{len(r.classes)}: {', '.join(r.classes)}"},
             {"": "input", "value": f"3x{r.img_size}x{r.img_size}, mean {r.mean}, std {r.std}"},
             {"": "params", "value": f"{r.params:,}"}, {"": "MACs", "value": f"{r.macs:,} ({fmt.human_count(r.macs)})"},
             {"": "attention blocks", "value": str(r.attention_blocks)},
             {"": "history", "value": "; ".join(r.history) or "-"}]
-    console.print(fmt.rich_table(rows, title=str(ckpt)))
+    console.print(fmt.rich_table(rows, title=show(ckpt)))
     if layers:
         console.print(fmt.rich_table([{"layer": k, "width": v} for k, v in r.widths.items()], title="layer widths"))
     if json_out:
