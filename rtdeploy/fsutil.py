@@ -70,23 +70,36 @@ def plan_outputs(inputs=(), outputs: dict | None = None, *, force: bool = False)
     """
     planned = {flag: Path(p) for flag, p in (outputs or {}).items() if p is not None}
     sources = [Path(p) for p in inputs if p is not None]
+    for flag, path in planned.items():
+        check_file_name(flag, path)
     seen: dict[str, str] = {}
     for flag, path in planned.items():
-        _check_one(flag, path, force)
+        for source in sources:
+            if _same_or_inside(path, source):
+                what = f"be written inside the input folder {show(source)}" if source.is_dir() else \
+                    f"overwrite the input {show(source)}"
+                raise OutputError(f"{flag} {show(path)} would {what}; write the output somewhere else")
         real = os.path.realpath(path)
         if real in seen:
             raise OutputError(f"{flag} {show(path)} is the same file as {seen[real]}; give each output its own path")
         seen[real] = flag
-        for source in sources:
-            if _same_or_inside(path, source):
-                raise OutputError(f"{flag} {show(path)} would overwrite the input {show(source)}; "
-                                  f"write the output somewhere else")
+    for flag, path in planned.items():
+        _check_one(flag, path, force)
     return planned
 
 
+def check_file_name(flag: str, path: str | os.PathLike) -> Path:
+    """`path` names a file ('', '.', '..' and 'folder/' do not); call before deriving other
+    paths from it ('<out>.last', '<out stem>.json')."""
+    text = os.fspath(path)
+    name = Path(text).name
+    if not text or not name or name in (".", "..") or text.endswith(("/", os.sep)):
+        raise OutputError(f"{flag} {show(repr(text))} names no file (it is empty, '.' or ends in '/'); "
+                          f"give a file path such as runs/model.pt")
+    return Path(text)
+
+
 def _check_one(flag: str, path: Path, force: bool) -> None:
-    if not path.name or path.name in (".", "..") or str(path).endswith(os.sep):
-        raise OutputError(f"{flag} {show(repr(str(path)))} names no file; give a file path such as runs/model.pt")
     if path.is_dir():
         raise OutputError(f"{flag} {show(path)} is a directory; give a file path")
     if path.exists() and not path.is_file():

@@ -10,7 +10,7 @@ import typer
 
 from .. import report as fmt
 from ..errors import ConfigError
-from ..fsutil import plan_outputs
+from ..fsutil import check_file_name, plan_outputs
 from ..fields import MAX_IMAGES, MAX_SEED
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
@@ -90,7 +90,7 @@ def compress(
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
-    report = report or (out.with_suffix(".json") if out.name not in ("", ".", "..") else None)
+    report = report or check_file_name("--out", out).with_suffix(".json")
     _plan(ckpt, out, (report_flag, report), data, resume, force)
     if resume is not None:
         _check_resume(resume)

@@ -8,7 +8,7 @@ import typer
 
 from .. import report as fmt
 from ..fields import MAX_BATCH, MAX_IMAGES
-from ..fsutil import plan_outputs, write_text
+from ..fsutil import check_file_name, plan_outputs, write_text
 from .app import app
 from .common import Data, DataRoot, Force, bounded, console, data_input, err_console, load_data
 
@@ -51,6 +51,7 @@ def export(
                        tolerance=Tolerance(atol, rtol, min_agreement), parity_images=parity_images, int8=int8,
                        calib_data=calib_data, calib_images=calib_images, int8_min_agreement=int8_min_agreement,
                        int8_reduce_range=int8_reduce_range)
+    check_file_name("--out", out)  # before '<out stem>.int8.onnx' is derived from it
     plan_outputs([ckpt, data_input(data), data_input(calib_data)],
                  {"--out": out, "--out (its INT8 copy '<out stem>.int8.onnx')": int8_path(out) if int8 else None,
                   "--report": report}, force=force)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
-from ..fsutil import plan_outputs, write_text
+from ..fsutil import check_file_name, plan_outputs, write_text
 from ..names import show
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
@@ -68,6 +68,7 @@ def _plan_train(out: Path, data: str | None, resume: Path | None, force: bool) -
     from ..checkpoint import resume_path
     from ..train.job import summary_path
 
+    check_file_name("--out", out)  # before '<out>.last' and '<out stem>.json' are derived from it
     own = {os.path.realpath(p) for p in (out, resume_path(out))}
     inputs = [data_input(data)]
     if resume is not None and os.path.realpath(resume) not in own:
