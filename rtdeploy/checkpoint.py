@@ -111,6 +111,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelMeta, dict, dict]:
     payload = _safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{show(path)} is not an rtdeploy checkpoint; create one with 'rtdeploy train'")
+    version = payload.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise CheckpointError(f"{show(path)} was written by a newer rtdeploy (format {version}); upgrade rtdeploy")
     try:
         _check_payload(payload, path.stat().st_size)
         meta = _parse_meta(payload["meta"])
@@ -197,8 +200,6 @@ def _check_payload(payload: dict, file_size: int) -> None:
     version = payload.get("format_version")
     if type(version) is not int or version < 1:
         raise FieldError("format_version", f"an integer in 1..{FORMAT_VERSION}", version)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"the file was written by a newer rtdeploy (format {version}); upgrade rtdeploy")
     known_keys(payload, "the checkpoint", ("format", "format_version", "meta", "state_dict", "state"))
     text(payload.get("meta"), "meta")
     state_dict = dict_of(payload.get("state_dict"), "state_dict")
