@@ -96,6 +96,8 @@ def decode_progress(label: str = "decoding images"):
 
     def on_progress(done: int, total: int):
         nonlocal bar, task
+        if not err_console.is_terminal:  # a log gets no bar: a stopped transient bar leaves an empty line
+            return
         if bar is None:
             bar = progress(transient=True)
             bar.start()

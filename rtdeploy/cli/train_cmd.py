@@ -50,7 +50,8 @@ def train(
                        val_frac=val_frac, augment=augment, crop_scale=crop_scale,
                        skip_bad_images=skip_bad_images)
     if splits.skipped:
-        err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}")
+        err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
+                          markup=False, highlight=False)
     with training_progress(f"train {arch}", epochs) as (on_step, on_epoch):
         s = run_training(splits, arch, cfg, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
     rows = [{"": "model", "value": f"{s.arch} ({s.classes} classes, {s.img_size}px)"},
