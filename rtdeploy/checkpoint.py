@@ -154,14 +154,21 @@ def _check_container(path: Path) -> None:
     raise CheckpointError(f"{show(path)} is not an rtdeploy checkpoint (not a torch file); create one with 'rtdeploy train'")
 
 
-def _is_onnx(path: Path) -> bool:
-    try:
-        import onnx
+# Serialized ModelProto fields in order: 1 ir_version (varint, tag 0x08), then one of producer_name,
+# producer_version, domain, model_version, doc_string, graph, opset_import, metadata_props...
+_ONNX_NEXT_TAGS = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72, 0x7a}
 
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any failure means "not ONNX"
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file by its first bytes (no parse: a large foreign file is never read whole)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 3 or head[0] != 0x08:
         return False
-    return len(model.graph.node) > 0
+    i = 1
+    while i < len(head) and head[i] & 0x80:  # skip the ir_version varint
+        i += 1
+    return i + 1 < len(head) and head[i + 1] in _ONNX_NEXT_TAGS
 
 
 def _check_zip(path: Path) -> None:

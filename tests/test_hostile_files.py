@@ -590,3 +590,29 @@ def test_an_error_after_decoding_started_is_still_the_only_line(cli, base, tmp_p
     code, _, err = cli("eval", base["ckpt"], "--data", other)
     assert err.startswith("rtdeploy: error:") and err.count("\n") == 1, repr(err)
     one_line_error(code, err, 2, "classes do not match")
+
+
+def _compress_last(p, ctx_edit, state_edit):
+    """A compress '<out>.last' built from a train '.last': fine-tuning state + stage context."""
+    ctx = {"fold": None, "kept_reason": None, "prune": {"ratio": 0.5}, "accuracy": {"original": 0.5},
+           "rows": [{"stage": "original", "params": 10, "macs": 100, "accuracy": 0.5}], "seconds": {"prune": 1.0}}
+    ctx_edit(ctx)
+    state_edit(p["state"])
+    p["state"] = {"finetune": p["state"], "compress": ctx, "settings": "{}"}
+
+
+@pytest.mark.parametrize("ctx_edit,state_edit,needle", [
+    (lambda c: None, lambda s: s.__setitem__("epoch", "2"), "state.epoch"),
+    (lambda c: c.__setitem__("rows", "none"), lambda s: None, "state.compress.rows"),
+    (lambda c: c["prune"].__setitem__("ratio", "half"), lambda s: None, "state.compress.prune.ratio"),
+])
+def test_damaged_compress_resume_is_refused_before_decoding(cli, base, tmp_path, monkeypatch, ctx_edit, state_edit,
+                                                            needle):
+    def no_decoding(*a, **k):
+        raise AssertionError("images were decoded before --resume was checked")
+
+    monkeypatch.setattr("rtdeploy.cli.compress_cmd.load_data", no_decoding)
+    last = craft(base["last"], tmp_path / "p.pt.last", lambda p, m: _compress_last(p, ctx_edit, state_edit))
+    code, _, err = cli("compress", base["ckpt"], "--data", base["data"], *FAST_COMPRESS, "--out", tmp_path / "p.pt",
+                       "--resume", last)
+    one_line_error(code, err, 2, "p.pt.last", needle)
