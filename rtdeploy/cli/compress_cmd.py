@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,19 +10,25 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
-from ..defaults import COMPRESS_RECIPES, resolve, shown
+from ..defaults import COMPRESS_RECIPES, resolve
 from ..errors import ConfigError
-from ..fsutil import check_output
+from ..fsutil import check_file_name, plan_outputs
+from ..fields import MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
 from .app import app
-from .common import Data, DataRoot, Device, Force, SkipBad, Workers, console, load_data, progress
+from .common import (Data, DataRoot, Device, Force, SkipBad, Workers, bounded, console, data_input, load_data, progress,
+                     recipe_option)
+
+MAX_ROUND_TO = 1024         # channels are rounded to multiples of this; wider than any layer
+MAX_LOSS_WEIGHT = 1e6       # --r1/--r2: finite weights; the AML terms are O(1)
+MAX_KD_TEMPERATURE = 1e4
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
 C = COMPRESS_RECIPES
 
 
-def _opt(flag: str, field: str, text: str):
-    """An option whose default comes from the --recipe (shown per recipe in --help)."""
-    return typer.Option(flag, help=f"{text} \\[default: {shown(C, field)}]", show_default=False)
+def _opt(flag: str, field: str, text: str, low=None, high=None, **bounds):
+    check = bounded(flag, low, high, **bounds) if low is not None else None
+    return recipe_option(C, flag, field, text, check)
 
 
 Criterion = Annotated[Optional[str], _opt(
@@ -29,36 +36,36 @@ Criterion = Annotated[Optional[str], _opt(
                                 "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random; auto = cap "
                                 "for a model with SE blocks, else l1.")]
 Ratio = Annotated[Optional[float], _opt(
-    "--ratio", "ratio", "Share of channels removed per layer (local) or overall (global), in (0, 1); ignored with "
-                        "--target-macs.")]
+    "--ratio", "ratio", "Share of channels removed per layer (local) or overall (global), in (0, 1); not with "
+                        "--target-macs.", 0, 1, low_open=True, high_open=True)]
 TargetMacs = Annotated[Optional[float], typer.Option(
-    "--target-macs", help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); "
-                          "the ratio is searched.")]
+    "--target-macs", callback=bounded("--target-macs", 0, 1, low_open=True, high_open=True),
+    help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); the ratio is searched.")]
 Scope = Annotated[Optional[str], _opt("--scope", "scope", "local: the same ratio in every layer (the paper's); "
                                                           "global: one ranking over all layers.")]
 RoundTo = Annotated[Optional[int], _opt(
     "--round-to", "round_to", "Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
-                              "MACs); 1 = no rounding.")]
+                              "MACs); 1 = no rounding.", 1, MAX_ROUND_TO, integer=True)]
 Loss = Annotated[Optional[str], _opt("--loss", "loss", "Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
-R1 = Annotated[Optional[float], _opt("--r1", "r1", "AML weight of the hard-sample term exp(d + d^2).")]
-R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entropy term.")]
+R1 = Annotated[Optional[float], _opt("--r1", "r1", "AML weight of the hard-sample term exp(d + d^2).", 0, MAX_LOSS_WEIGHT)]
+R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entropy term.", 0, MAX_LOSS_WEIGHT)]
 Distill = Annotated[Optional[bool], _opt("--distill/--no-distill", "distill", "Also distil from the unpruned model (beyond the paper; each step then also runs the unpruned model).")]
-KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperature", "Distillation temperature.")]
-KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].")]
-CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.")]
-FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).")]
-FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step.")]
-FtLr = Annotated[Optional[float], _opt("--lr", "lr", "Peak fine-tuning learning rate.")]
-FtMomentum = Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum.")]
-FtWd = Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.")]
+KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperature", "Distillation temperature.", 0, MAX_KD_TEMPERATURE, low_open=True)]
+KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].", 0, 1, low_open=True)]
+CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.", 1, MAX_IMAGES, integer=True)]
+FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).", 1, MAX_EPOCHS, integer=True)]
+FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step.", 2, MAX_BATCH, integer=True)]
+FtLr = Annotated[Optional[float], _opt("--lr", "lr", "Peak fine-tuning learning rate.", 0, MAX_LR, low_open=True)]
+FtMomentum = Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum.", 0, 1, high_open=True)]
+FtWd = Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.", 0, MAX_WEIGHT_DECAY)]
 FtSchedule = Annotated[Optional[str], _opt("--schedule", "schedule", "LR schedule: cosine, step, onecycle, constant.")]
-FtSelect = Annotated[Optional[str], _opt("--select", "select", "Which fine-tuning epoch to keep: val (the parent's validation split; the last epoch unless an earlier one is significantly better; last epoch when the parent has no validation split), test (the paper's protocol; labelled so), last.")]
+FtSelect = Annotated[Optional[str], _opt("--select", "select", "Which fine-tuning epoch to keep: val (the parent's validation split; the last epoch unless an earlier one is significantly better; the last epoch when the parent has no validation split), test (the paper's protocol; labelled so), last.")]
 FtAugment = Annotated[Optional[bool], _opt("--augment/--no-augment", "augment", "Random flips and 90-degree rotations of training images while fine-tuning.")]
-FtCrop = Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: random square crops of this..1 of the area (1 = off).")]
-FtSmoothing = Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term while fine-tuning.")]
+FtCrop = Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: random square crops of this..1 of the area (1 = off).", 0, 1, low_open=True)]
+FtSmoothing = Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term while fine-tuning.", 0, 1, high_open=True)]
 Recipe = Annotated[str, typer.Option("--recipe", help="Where unset options take their defaults: 'default' (the best recipe we measured: see README 'Defaults') or 'paper' (RemoteTrimmer's one-shot CAP + AML, 30 epochs, best epoch chosen on the TEST split). Options you pass override it.")]
 FinetuneSeed = Annotated[int, typer.Option(
-    "--seed", help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
+    "--seed", callback=bounded("--seed", 0, MAX_SEED, integer=True), help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
                    "follows the checkpoint's training run).")]
 Out = Annotated[Path, typer.Option("--out", help="Pruned checkpoint to write.")]
 ReportOut = Annotated[Optional[Path], typer.Option(
@@ -98,16 +105,17 @@ def compress(
                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
                 augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images)
-    train_cfg = replace(finetune_defaults(r), seed=seed, device=device, workers=workers)
     cfg = CompressConfig(
         criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
         kd_weight=r.kd_weight, calib_images=r.calib_images,
         prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs),
-        train=train_cfg)
+        train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
     epochs = r.epochs
-    report = report or out.with_suffix(".json")
-    check_output(out, force=force or resume is not None)
-    check_output(report, force=force or resume is not None, flag="--report")
+    report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
+    report = report or check_file_name("--out", out).with_suffix(".json")
+    _plan(ckpt, out, (report_flag, report), data, resume, force)
+    if resume is not None:
+        _check_resume(resume)
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
@@ -115,6 +123,61 @@ def compress(
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
+
+
+def _plan(ckpt: Path, out: Path, report: tuple[str, Path | None], data: str | None, resume: Path | None,
+          force: bool) -> None:
+    """compress writes '<out>', '<out>.last' and the report; --resume continues (and replaces) them."""
+    from ..checkpoint import resume_path
+
+    inputs = [ckpt, data_input(data)]
+    if resume is not None and os.path.realpath(resume) != os.path.realpath(resume_path(out)):
+        inputs.append(resume)
+    plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out), report[0]: report[1]},
+                 force=force or resume is not None)
+
+
+def _check_resume(path: Path) -> None:
+    """--resume loads and holds an intact fine-tuning state: checked before any image is decoded."""
+    from ..checkpoint import build_model, read_checkpoint
+    from ..errors import CheckpointError
+    from ..fields import FieldError
+    from ..names import show
+    from ..train.job import check_train_state
+
+    meta, _, state = read_checkpoint(path)
+    if not isinstance(state.get("compress"), dict) or not isinstance(state.get("finetune"), dict) \
+            or not isinstance(state.get("settings"), str):
+        raise CheckpointError(f"--resume {show(path)} is not the '<out>.last' file of an interrupted compress run; "
+                              f"pass that file, or start again without --resume")
+    check_train_state(state["finetune"], path, build_model(meta, path))
+    try:
+        check_compress_context(state["compress"])
+    except FieldError as e:
+        raise CheckpointError(f"--resume {show(path)} has a damaged compress state: {e}; "
+                              f"start again without --resume") from e
+
+
+def check_compress_context(ctx: dict) -> None:
+    """The stage results compress stored in '<out>.last' (see compress._saver), used on resume."""
+    from ..fields import dict_of, integer, list_of_dicts, number, text
+
+    for key in ("fold", "prune", "accuracy", "seconds"):
+        if ctx.get(key) is not None or key != "fold":
+            dict_of(ctx.get(key), f"state.compress.{key}")
+    if ctx.get("kept_reason") is not None:
+        text(ctx["kept_reason"], "state.compress.kept_reason")
+    number(ctx["prune"].get("ratio"), "state.compress.prune.ratio", 0, 1)
+    for k, v in ctx["accuracy"].items():
+        if v is not None:
+            number(v, f"state.compress.accuracy.{k}", 0, 1)
+    for k, v in ctx["seconds"].items():
+        number(v, f"state.compress.seconds.{k}", 0, 1e12)
+    for row in list_of_dicts(ctx.get("rows"), "state.compress.rows"):
+        text(row.get("stage"), "state.compress.rows stage")
+        integer(row.get("params"), "state.compress.rows params", 0, 10**13)
+        integer(row.get("macs"), "state.compress.rows macs", 0, 10**16)
+        number(row.get("accuracy"), "state.compress.rows accuracy", 0, 1)
 
 
 @contextlib.contextmanager
