@@ -12,7 +12,9 @@ import logging
 import math
 import os
 import random
+import stat
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,18 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from rtdeploy import fingerprint as split_fingerprint
 from rtdeploy.errors import ConfigError, DataError
+from rtdeploy.names import show
+from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 DATA_HELP = "pass 'sample', 'eurosat' or a folder with one sub-folder of images per class"
 _CACHE_VERSION = 1
 _STD_FLOOR = 1e-3  # a constant channel (e.g. a synthetic test image) must not divide by zero
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# A header may claim any size: a 200 KB PNG can declare 9000x9000 16-bit pixels (over 1 GB once
+# decoded and widened). Nothing here needs more than a few megapixels (images are resized to
+# --img-size), so a larger image is refused from its header, before anything is allocated.
+MAX_IMAGE_PIXELS = 25_000_000
 Progress = Callable[[int, int], None]
 
 
@@ -82,21 +89,57 @@ def preprocess(img: Image.Image, img_size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
-    """Decode one file; the reason as a string when it is corrupt, truncated or not an image."""
+def _open_regular(path: str):
+    """A binary file object for `path`, or OSError when it is not a regular file.
+
+    The scan already skips FIFOs and devices; this closes the gap of a file replaced by one
+    after the scan. O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; fstat then tells what was opened, and only a regular file is ever read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        with Image.open(path) as img:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file (FIFO, socket or device)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_pixels(img: Image.Image) -> None:
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit; "
+                         "downscale it")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):  # its text names the file object, not the file
+        return "not an image format Pillow can read, or damaged"
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (OSError, ValueError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
+    """Decode one file; the reason as a string when it cannot be used as an image.
+
+    Any Exception from a decoder counts: Pillow's plugins raise TypeError, struct.error,
+    IndexError, NotImplementedError, ... on crafted or odd files, not only OSError."""
+    try:
+        with _open_regular(path) as fh, Image.open(fh) as img:
+            _check_pixels(img)
             img.load()
             return preprocess(img, img_size)
-    except _DECODE_ERRORS as exc:
-        log.info("cannot decode %s: %s", path, exc)  # raised or listed in Splits.skipped by caller
-        return " ".join(str(exc).split()) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.info("cannot decode %s: %s: %s", show(path), type(exc).__name__, show(exc))
+        return show(_reason(exc))
 
 
 def _bad_image_error(path: str, reason: str = "corrupt or truncated", n_bad: int = 1) -> DataError:
     more = f" (and {n_bad - 1} more bad files)" if n_bad > 1 else ""
     return DataError(
-        f"{path}: not a readable image ({reason}){more}; "
+        f"{show(path)}: not a readable image ({show(reason)}){more}; "
         "replace or delete it, or pass --skip-bad-images to skip bad files"
     )
 
@@ -107,6 +150,9 @@ def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Pr
     kept: list[int] = []
     bad: list[str] = []
     workers = max(1, min(8, os.cpu_count() or 1))
+    # Pillow warns (to stderr, through `warnings`) about odd EXIF, palettes, large images: the
+    # CLI's output is progress and one-line errors, and a bad image is reported as such anyway.
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
     with ThreadPoolExecutor(workers) as pool:
         for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
             if isinstance(tensor, str):
@@ -195,41 +241,25 @@ def _load_images(paths, img_size, skip_bad, on_progress, use_cache=True):
 # ----------------------------------------------------------------------------- sources
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")  # .DS_Store, ._foo.jpg (macOS), .ipynb_checkpoints
+def _scan_folder(root: Path) -> tuple[list[str], list[list[str]], ScanReport]:
+    """Classes (sorted like torchvision's ImageFolder), each class's image files, what was skipped.
 
-
-def _class_files(folder: Path) -> list[str]:
-    """Image files under one class folder (recursively, like ImageFolder), sorted."""
-    found, ignored = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            ok = not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
-            (found if ok else ignored).append(full)
-    if ignored:
-        log.info("ignored %d non-image files in %s (e.g. %s)", len(ignored), folder, ignored[0])
-    return sorted(found)
-
-
-def _scan_folder(root: Path) -> tuple[list[str], list[list[str]]]:
-    """Classes (sorted like torchvision's ImageFolder) and each class's image files."""
+    Links, special files and repeated files follow the rule in rtdeploy/scan.py."""
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(f"--data {root} {what}; {DATA_HELP}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+        raise DataError(f"--data {show(root)} {what}; {DATA_HELP}")
+    classes, files, report = scan_classes(root)
     if not classes:
-        raise DataError(f"{root} has no class sub-folders; put images in {root}/<class>/<image>")
+        raise DataError(f"{show(root)} has no class sub-folders; put images in {show(root)}/<class>/<image>")
     if len(classes) < 2:
-        raise DataError(f"{root} has only one class folder ({classes[0]}); a classifier needs at "
+        raise DataError(f"{show(root)} has only one class folder ({show(classes[0])}); a classifier needs at "
                         "least 2 classes, one sub-folder each")
-    files = [_class_files(root / c) for c in classes]
-    for name, class_files in zip(classes, files):
-        if not class_files:
-            raise DataError(f"{root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+    for name, found in zip(classes, files):
+        if not found:
+            skipped = f" ({report.summary()})" if report.count else ""
+            raise DataError(f"{show(root / name)} has no images ({', '.join(IMAGE_EXTENSIONS)}){skipped}; "
                             "add images or remove the folder")
-    return classes, files
+    return classes, files, report
 
 
 def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
@@ -332,6 +362,8 @@ class Splits:
     img_size: int
     source: str
     skipped: list[str] = field(default_factory=list)
+    scan: ScanReport = field(default_factory=ScanReport)  # entries not used (links, FIFOs, ...)
+    fingerprint: str = ""  # which files are in which split (rtdeploy/fingerprint.py)
     seed: int = 0
     # How the split was drawn, so a checkpoint's own test split can be rebuilt exactly later.
     test_frac: float = 0.3
@@ -413,7 +445,7 @@ def _split_indices(labels: torch.Tensor, classes: list[str], seed: int, test_fra
         n_val = max(1, math.floor(len(idx) * val_frac + 0.5)) if val_frac > 0 else 0
         if len(idx) - n_test - n_val < 1:
             need = 2 + (val_frac > 0)
-            raise DataError(f"class '{name}' has {len(idx)} usable images, too few to split: it needs "
+            raise DataError(f"class '{show(name)}' has {len(idx)} usable images, too few to split: it needs "
                             f"at least {need} (train, test{', val' if need == 3 else ''}); add images "
                             "or lower --test-frac/--val-frac")
         test += idx[:n_test]
@@ -440,19 +472,22 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
                 test_frac: float = 0.3, val_frac: float = 0.0, data_root: str | None = None,
                 augment: bool = False, mean: tuple | None = None, std: tuple | None = None,
                 skip_bad_images: bool = False, max_per_class: int | None = None,
-                crop_scale: float = 1.0, on_progress: Progress | None = None) -> Splits:
+                crop_scale: float = 1.0, on_progress: Progress | None = None,
+                fingerprint: str | None = None) -> Splits:
     """Load a dataset and split it, stratified per class and deterministic for `seed`.
 
     `data`: None/"sample" (embedded UC Merced sample), "eurosat" (torchvision EuroSAT RGB under
     `data_root`), or a folder with one sub-folder per class. test_frac 0.3 follows the paper.
     With `augment`, train images get random flips and 90-degree rotations, plus random crops of
     `crop_scale`..1 of their area resized back when crop_scale < 1.
+    `fingerprint`: the split a model was trained with (Splits.fingerprint then); a DataError
+    names how many files differ when this data no longer gives it.
     """
     _check_settings(img_size, test_frac, val_frac, max_per_class, crop_scale)
     mean = _check_stats("mean", mean, positive=False) if mean is not None else None
     std = _check_stats("std", std, positive=True) if std is not None else None
     root, source = _resolve(data, data_root)
-    classes, files = _scan_folder(root)
+    classes, files, scan = _scan_folder(root)
     files = _cap_per_class(files, max_per_class, seed)
     paths = [p for class_files in files for p in class_files]
     all_labels = [c for c, class_files in enumerate(files) for _ in class_files]
@@ -462,6 +497,9 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.int64)
     kept_paths = [paths[i] for i in kept]
     train_i, val_i, test_i = _split_indices(labels, classes, seed, test_frac, val_frac)
+    current = _fingerprint(root, classes, kept_paths, train_i, val_i, test_i)
+    if fingerprint is not None:
+        split_fingerprint.check(fingerprint, current, source)
     if mean is None or std is None:
         train_mean, train_std = _channel_stats(images[train_i])
         mean, std = mean or train_mean, std or train_std
@@ -474,8 +512,14 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
              len(classes), len(train_i), len(val_i), len(test_i), img_size, len(skipped))
     return Splits(train=subset(train_i, augment), val=subset(val_i, False) if val_i else None,
                   test=subset(test_i, False), classes=classes, mean=mean, std=std,
-                  img_size=img_size, source=source, skipped=skipped, seed=seed,
+                  img_size=img_size, source=source, skipped=skipped, scan=scan, fingerprint=current, seed=seed,
                   test_frac=test_frac, val_frac=val_frac, max_per_class=max_per_class)
+
+
+def _fingerprint(root: Path, classes, paths: list[str], train_i, val_i, test_i) -> str:
+    rel = split_fingerprint.relative_names(paths, root)
+    return split_fingerprint.make(classes, {"train": [rel[i] for i in train_i], "val": [rel[i] for i in val_i],
+                                            "test": [rel[i] for i in test_i]})
 
 
 def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
@@ -483,8 +527,8 @@ def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
     if list(data_classes) == list(model_classes):
         return
 
-    def show(names: list[str]) -> str:
-        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    def listed(names: list[str]) -> str:
+        return ", ".join(show(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
     missing = [c for c in model_classes if c not in data_classes]
     extra = [c for c in data_classes if c not in model_classes]
@@ -492,8 +536,8 @@ def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
         diff = "the same classes in a different order"
     else:
         diff = "; ".join(part for part in (
-            f"missing from the data: {show(missing)}" if missing else "",
-            f"not known to the model: {show(extra)}" if extra else "") if part)
+            f"missing from the data: {listed(missing)}" if missing else "",
+            f"not known to the model: {listed(extra)}" if extra else "") if part)
     raise DataError(f"dataset classes do not match the model's ({len(data_classes)} vs "
                     f"{len(model_classes)}: {diff}); pass the --data the model was trained on, "
                     "or a checkpoint trained on this data")
