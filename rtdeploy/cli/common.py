@@ -60,6 +60,8 @@ def decode_progress(label: str = "decoding images"):
 
     def on_progress(done: int, total: int):
         nonlocal bar, task
+        if not err_console.is_terminal:  # a log or pipe: a transient bar would only leave a blank line
+            return
         if bar is None:
             bar = progress(transient=True)
             bar.start()
@@ -101,3 +103,15 @@ def load_data(data, **kwargs):
 
     with decode_progress() as on_progress:
         return load_splits(data, on_progress=on_progress, **kwargs)
+
+
+def report_skipped(splits) -> None:
+    """One line each for unreadable images skipped (--skip-bad-images) and data folder entries
+    skipped by the scan (links, FIFOs, repeats); names escaped, no rich markup."""
+    from ..names import show
+
+    if splits.skipped:
+        err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
+                          markup=False, highlight=False)
+    if splits.scan.count:
+        err_console.print(splits.scan.summary(), markup=False, highlight=False)
