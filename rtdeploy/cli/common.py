@@ -112,6 +112,6 @@ def report_skipped(splits) -> None:
 
     if splits.skipped:
         err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
-                          markup=False, highlight=False)
+                          markup=False, highlight=False, soft_wrap=True)
     if splits.scan.count:
-        err_console.print(splits.scan.summary(), markup=False, highlight=False)
+        err_console.print(splits.scan.summary(), markup=False, highlight=False, soft_wrap=True)
