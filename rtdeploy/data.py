@@ -275,8 +275,8 @@ def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
             reason = " ".join(str(exc).split())  # the CLI prints one line
             raise DataError(
-                f"EuroSAT is not under {root} and could not be downloaded (no network? {reason}); "
-                f"place the extracted 2750/ folder under {root / 'eurosat'}/, or pass a folder path "
+                f"EuroSAT is not under {show(root)} and could not be downloaded (no network? {show(reason)}); "
+                f"place the extracted 2750/ folder under {show(root / 'eurosat')}/, or pass a folder path "
                 "to --data instead"
             ) from exc
     return folder, f"eurosat:{root}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
-from .names import is_printable, show
+from .names import show
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _class_entries(root: Path, report: ScanReport) -> list[str]:
 
 def _check_names(root: Path, classes: list[str]) -> None:
     for name in classes:
-        if not is_printable(name):
+        if not name.isprintable():
             raise DataError(f"class folder {show(name)} in {show(root)} has a control or undecodable "
                             "character in its name (it would be written into checkpoints and tables); "
                             "rename the folder")

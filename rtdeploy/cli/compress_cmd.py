@@ -87,9 +87,6 @@ def compress(
     check_output(out, force=force or resume is not None)
     check_output(report, force=force or resume is not None, flag="--report")
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
-    if resume is not None:
-        from ..compress import _load_resume
-        _load_resume(resume, cfg)  # a wrong --resume fails now, not after all images are decoded
     stages = planned_stages(model, cfg)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
                         augment=augment, crop_scale=crop_scale)

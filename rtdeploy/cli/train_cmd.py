@@ -11,7 +11,7 @@ from ..fsutil import check_output, write_text
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
                      LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
-                     load_data, report_skipped, training_progress)
+                     err_console, load_data, training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
 
@@ -35,7 +35,7 @@ def train(
     """
     from ..models import create_model
     from ..train import TrainConfig
-    from ..train.job import check_resume, run_training, summary_path
+    from ..train.job import run_training, summary_path
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, label_smoothing=label_smoothing, schedule=schedule, seed=seed,
@@ -43,12 +43,11 @@ def train(
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     check_output(out, force=force or resume is not None)
     check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
-    if resume is not None:
-        check_resume(resume, arch, cfg)  # a wrong --resume fails now, before images are decoded
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
                        val_frac=val_frac, augment=augment, crop_scale=crop_scale,
                        skip_bad_images=skip_bad_images)
-    report_skipped(splits)
+    from .common import report_skipped
+    report_skipped(splits)  # unreadable images and unusable data folder entries, names escaped
     with training_progress(f"train {arch}", epochs) as (on_step, on_epoch):
         s = run_training(splits, arch, cfg, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
     rows = [{"": "model", "value": f"{s.arch} ({s.classes} classes, {s.img_size}px)"},

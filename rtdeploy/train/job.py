@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from .. import fingerprint as split_fingerprint
 from ..checkpoint import ModelMeta, read_checkpoint, resume_path, save_checkpoint
 from ..env import versions
 from ..errors import CheckpointError, ConfigError
@@ -93,28 +92,16 @@ def _history(arch, splits, cfg, report: TrainReport) -> dict:
             "best_accuracy": report.best_accuracy, "split": _split_sizes(splits), "versions": versions()}
 
 
-def check_resume(path: str | Path, arch: str, cfg: TrainConfig) -> tuple[Path, ModelMeta, dict]:
-    """(file, meta, state) of a --resume file, checked as far as possible without the data (so
-    the CLI can call it before decoding images); _load_resume adds the class check."""
+def _load_resume(path: str | Path, meta: ModelMeta, cfg: TrainConfig) -> dict:
     path = Path(path)
     if not path.name.endswith(".last") and resume_path(path).exists():
         path = resume_path(path)  # accept the best checkpoint's name too
     saved_meta, _, state = read_checkpoint(path)
     if not state or "optimizer" not in state:
         raise CheckpointError(f"--resume {path} holds no training state; pass the '<out>.last' file a run left behind")
-    if saved_meta.arch != arch:
+    if saved_meta.arch != meta.arch or saved_meta.classes != meta.classes:
         raise CheckpointError(f"--resume {path} is a {saved_meta.arch} run on other data/classes; "
                               f"resume with the same --arch and --data")
     if state["epoch"] >= cfg.epochs:
         raise ConfigError(f"--resume {path} already finished {state['epoch']} epochs; raise --epochs to train further")
-    return path, saved_meta, state
-
-
-def _load_resume(path: str | Path, meta: ModelMeta, cfg: TrainConfig) -> dict:
-    path, saved_meta, state = check_resume(path, meta.arch, cfg)
-    if saved_meta.classes != meta.classes:
-        raise CheckpointError(f"--resume {path} is a {saved_meta.arch} run on other data/classes; "
-                              f"resume with the same --arch and --data")
-    if saved_meta.split_fingerprint and meta.split_fingerprint:  # the data changed since the interruption
-        split_fingerprint.check(saved_meta.split_fingerprint, meta.split_fingerprint, "--data")
     return state
