@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from rtdeploy import fingerprint as split_fingerprint
 from rtdeploy.errors import ConfigError, DataError
+from rtdeploy.imagefile import failure_reason, loaded_image
 from rtdeploy.names import show
 from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
 
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 DATA_HELP = "pass 'sample', 'eurosat' or a folder with one sub-folder of images per class"
 _CACHE_VERSION = 1
 _STD_FLOOR = 1e-3  # a constant channel (e.g. a synthetic test image) must not divide by zero
-# A header may claim any size: a 200 KB PNG can declare 9000x9000 16-bit pixels (over 1 GB once
-# decoded and widened). Nothing here needs more than a few megapixels (images are resized to
-# --img-size), so a larger image is refused from its header, before anything is allocated.
-MAX_IMAGE_PIXELS = 25_000_000
 Progress = Callable[[int, int], None]
 
 
@@ -89,51 +85,17 @@ def preprocess(img: Image.Image, img_size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _open_regular(path: str):
-    """A binary file object for `path`, or OSError when it is not a regular file.
-
-    The scan already skips FIFOs and devices; this closes the gap of a file replaced by one
-    after the scan. O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
-    writer; fstat then tells what was opened, and only a regular file is ever read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError("not a regular file (FIFO, socket or device)")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _check_pixels(img: Image.Image) -> None:
-    width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"{width}x{height} pixels, more than the {MAX_IMAGE_PIXELS // 1_000_000}-megapixel limit; "
-                         "downscale it")
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnidentifiedImageError):  # its text names the file object, not the file
-        return "not an image format Pillow can read, or damaged"
-    text = " ".join(str(exc).split())
-    if isinstance(exc, (OSError, ValueError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
     """Decode one file; the reason as a string when it cannot be used as an image.
 
     Any Exception from a decoder counts: Pillow's plugins raise TypeError, struct.error,
     IndexError, NotImplementedError, ... on crafted or odd files, not only OSError."""
     try:
-        with _open_regular(path) as fh, Image.open(fh) as img:
-            _check_pixels(img)
-            img.load()
+        with loaded_image(path) as img:
             return preprocess(img, img_size)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.info("cannot decode %s: %s: %s", show(path), type(exc).__name__, show(exc))
-        return show(_reason(exc))
+        return show(failure_reason(exc))
 
 
 def _bad_image_error(path: str, reason: str = "corrupt or truncated", n_bad: int = 1) -> DataError:

@@ -296,9 +296,9 @@ def _bomb_png(side: int = 9000) -> bytes:
 
 _BOMB_RSS = r'''
 import resource, sys
-from rtdeploy import data
+from rtdeploy import data, imagefile
 if len(sys.argv) > 2:
-    data.MAX_IMAGE_PIXELS = int(sys.argv[2])
+    imagefile.MAX_IMAGE_PIXELS = int(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 out = data._decode_file(sys.argv[1], 16)
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
