@@ -13,7 +13,6 @@ import math
 import os
 import random
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,15 +49,18 @@ def _wide_to_u8(img: Image.Image) -> np.ndarray:
     # PIL's convert("RGB") clips 16/32-bit values at 255 instead of scaling them, which turns a
     # 16-bit scene white. Scale by the range the data really uses: 8 bit, 16 bit (/257 maps
     # 65535 -> 255 exactly), or, for anything else (negative or > 16 bit, float), min-max.
+    # In place after the one float copy: a large image must not cost four float64 copies.
     arr = np.asarray(img).astype(np.float64)
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        arr = arr * 255.0
+        arr *= 255.0
     elif img.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
-        arr = arr / 257.0
+        arr /= 257.0
     elif lo < 0.0 or hi > 255.0:
-        arr = (arr - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        arr -= lo
+        arr *= 255.0 / max(hi - lo, 1e-12)
+    np.rint(arr, out=arr)
+    return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -112,9 +114,6 @@ def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Pr
     kept: list[int] = []
     bad: list[str] = []
     workers = max(1, min(8, os.cpu_count() or 1))
-    # Pillow warns (to stderr, through `warnings`) about odd EXIF, palettes, large images: the
-    # CLI's output is progress and one-line errors, and a bad image is reported as such anyway.
-    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
     with ThreadPoolExecutor(workers) as pool:
         for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
             if isinstance(tensor, str):

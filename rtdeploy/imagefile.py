@@ -3,8 +3,10 @@ header before anything is decoded, and one readable reason for any decoder failu
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
+import warnings
 from collections.abc import Iterator
 
 from PIL import Image, UnidentifiedImageError
@@ -13,6 +15,12 @@ from PIL import Image, UnidentifiedImageError
 # once decoded and widened, measured). Nothing here needs more than a few megapixels (images are
 # resized to --img-size), so a larger image is refused from its header, before any allocation.
 MAX_IMAGE_PIXELS = 25_000_000
+
+# Pillow reports odd or damaged files on its own too: warnings (EXIF, palettes, sizes) and log
+# records (TiffImagePlugin logs an error before raising). rtdeploy reports a bad image itself,
+# as one line naming the file, so Pillow's extra stderr lines would only break that line.
+warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 def open_regular(path: str):
