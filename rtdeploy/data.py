@@ -452,6 +452,11 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     files = _cap_per_class(files, max_per_class, seed)
     paths = [p for class_files in files for p in class_files]
     all_labels = [c for c, class_files in enumerate(files) for _ in class_files]
+    if fingerprint is not None and not skip_bad_images:
+        # Without --skip-bad-images every file is kept (or decoding fails), so the split is known
+        # now: a changed folder is refused before minutes of decoding, not after.
+        early = _split_fingerprint(root, classes, paths, torch.tensor(all_labels), seed, test_frac, val_frac)
+        split_fingerprint.check(fingerprint, early, source)
     # The sample is small and fast to decode; caching it would only fill the user's cache.
     images, kept, skipped = _load_images(paths, img_size, skip_bad_images, on_progress,
                                          use_cache=source != "sample")
@@ -460,7 +465,7 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     train_i, val_i, test_i = _split_indices(labels, classes, seed, test_frac, val_frac)
     current = _fingerprint(root, classes, kept_paths, train_i, val_i, test_i)
     if fingerprint is not None:
-        split_fingerprint.check(fingerprint, current, source)
+        split_fingerprint.check(fingerprint, current, source)  # with bad images skipped
     if mean is None or std is None:
         train_mean, train_std = _channel_stats(images[train_i])
         mean, std = mean or train_mean, std or train_std
@@ -475,6 +480,12 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
                   test=subset(test_i, False), classes=classes, mean=mean, std=std,
                   img_size=img_size, source=source, skipped=skipped, scan=scan, fingerprint=current, seed=seed,
                   test_frac=test_frac, val_frac=val_frac, max_per_class=max_per_class)
+
+
+def _split_fingerprint(root: Path, classes, paths: list[str], labels: torch.Tensor, seed: int,
+                       test_frac: float, val_frac: float) -> str:
+    """The fingerprint of the split `paths` would get if every file decodes."""
+    return _fingerprint(root, classes, paths, *_split_indices(labels, classes, seed, test_frac, val_frac))
 
 
 def _fingerprint(root: Path, classes, paths: list[str], train_i, val_i, test_i) -> str:

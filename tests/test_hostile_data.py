@@ -461,3 +461,26 @@ def test_damaged_fingerprint_is_a_one_line_error(cli, trained, tmp_path):
     save_checkpoint(bad, model, meta)
     code, _, err = cli("eval", bad, "--data", trained["data"])
     assert code == 2 and "fingerprint is damaged" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_changed_folder_is_refused_before_any_image_is_decoded(cli, trained, tmp_path, monkeypatch):
+    data = _copy(trained, tmp_path)
+    (data / "class_0" / "class_0_1.png").unlink()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images were decoded before the split was checked")
+
+    monkeypatch.setattr(rdata, "_decode_all", no_decoding)
+    monkeypatch.setattr(rdata, "_cache_dir", lambda: None)
+    code, _, err = cli("eval", trained["ckpt"], "--data", data)
+    assert code == 2 and "0 added, 1 removed" in err and "AssertionError" not in err, err
+
+
+def test_skip_bad_images_split_is_checked_on_the_images_kept(cli, trained, tmp_path):
+    """With --skip-bad-images the split is known only after decoding: a file that became
+    unreadable since training changes it, and compress says so."""
+    data = _copy(trained, tmp_path)
+    (data / "class_1" / "class_1_2.png").write_bytes(b"no longer an image")
+    code, _, err = cli("compress", trained["ckpt"], "--data", data, "--criterion", "l1", "--epochs", 1,
+                       "--skip-bad-images", "--out", tmp_path / "p.pt")
+    assert code == 2 and "0 added, 1 removed" in err, err
