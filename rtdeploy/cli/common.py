@@ -60,7 +60,7 @@ def decode_progress(label: str = "decoding images"):
 
     def on_progress(done: int, total: int):
         nonlocal bar, task
-        if not err_console.is_terminal:  # a log or pipe: a transient bar would only leave a blank line
+        if not err_console.is_terminal:  # a log gets no bar: a stopped transient bar leaves an empty line
             return
         if bar is None:
             bar = progress(transient=True)
@@ -102,16 +102,13 @@ def load_data(data, **kwargs):
     from ..data import load_splits
 
     with decode_progress() as on_progress:
-        return load_splits(data, on_progress=on_progress, **kwargs)
+        splits = load_splits(data, on_progress=on_progress, **kwargs)
+    report_scan(splits)
+    return splits
 
 
-def report_skipped(splits) -> None:
-    """One line each for unreadable images skipped (--skip-bad-images) and data folder entries
-    skipped by the scan (links, FIFOs, repeats); names escaped, no rich markup."""
-    from ..names import show
-
-    if splits.skipped:
-        err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
-                          markup=False, highlight=False, soft_wrap=True)
+def report_scan(splits) -> None:
+    """One line counting the data folder entries the scan skipped (FIFOs, broken links, links out
+    of their class, repeats: see rtdeploy/scan.py), names escaped, never wrapped."""
     if splits.scan.count:
         err_console.print(splits.scan.summary(), markup=False, highlight=False, soft_wrap=True)

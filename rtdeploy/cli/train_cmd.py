@@ -8,6 +8,7 @@ import typer
 
 from .. import report as fmt
 from ..fsutil import check_output, write_text
+from ..names import show
 from .app import app
 from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
                      LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
@@ -46,8 +47,9 @@ def train(
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
                        val_frac=val_frac, augment=augment, crop_scale=crop_scale,
                        skip_bad_images=skip_bad_images)
-    from .common import report_skipped
-    report_skipped(splits)  # unreadable images and unusable data folder entries, names escaped
+    if splits.skipped:
+        err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
+                          markup=False, highlight=False)
     with training_progress(f"train {arch}", epochs) as (on_step, on_epoch):
         s = run_training(splits, arch, cfg, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
     rows = [{"": "model", "value": f"{s.arch} ({s.classes} classes, {s.img_size}px)"},
