@@ -40,6 +40,7 @@ class ModelMeta:
     std: tuple[float, float, float]
     structure: dict | None = None  # per-layer widths + removed blocks, from models.describe
     history: list[dict] = field(default_factory=list)  # one summary per stage (train, compress)
+    split_fingerprint: str | None = None  # the training split's files (rtdeploy/fingerprint.py); None in older checkpoints
     rtdeploy_version: str = __version__
 
     @property

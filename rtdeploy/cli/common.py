@@ -148,4 +148,13 @@ def load_data(data, **kwargs):
     from ..data import load_splits
 
     with decode_progress() as on_progress:
-        return load_splits(data, on_progress=on_progress, **kwargs)
+        splits = load_splits(data, on_progress=on_progress, **kwargs)
+    report_scan(splits)
+    return splits
+
+
+def report_scan(splits) -> None:
+    """One line counting the data folder entries the scan skipped (FIFOs, broken links, links out
+    of their class, repeats: see rtdeploy/scan.py), names escaped, never wrapped."""
+    if splits.scan.count:
+        err_console.print(splits.scan.summary(), markup=False, highlight=False, soft_wrap=True)

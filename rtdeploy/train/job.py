@@ -63,7 +63,7 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
     torch.manual_seed(cfg.seed)  # the same seed gives the same initial weights
     model = create_model(arch, len(splits.classes))
     meta = ModelMeta(arch=arch, classes=list(splits.classes), img_size=splits.img_size,
-                     mean=tuple(splits.mean), std=tuple(splits.std))
+                     mean=tuple(splits.mean), std=tuple(splits.std), split_fingerprint=splits.fingerprint or None)
     state = _load_resume(resume, meta, cfg) if resume else None
     last = resume_path(out)
 
