@@ -95,6 +95,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"  # pickle protocol 2+: torch's legacy format or a plain pickle
 _META_KEYS = {f.name for f in fields(ModelMeta)}
 _REQUIRED_META = ("arch", "classes", "img_size", "mean", "std")
+_MAX_FINGERPRINT = 64 << 20  # 6 bytes (base64: 8 chars) per file name: millions of images
 _SPEC_KEYS = {"conv": ("in", "out", "groups"), "bn": ("features",), "linear": ("in", "out")}
 _MAX_DEPTH = 32  # nesting of the pickled payload; rtdeploy's own is at most 6 deep
 
@@ -258,7 +259,9 @@ def _parse_meta(raw_text: str) -> ModelMeta:
         std=rgb_triple(raw["std"], "meta.std", positive=True),
         structure=None if structure is None else dict_of(structure, "meta.structure"),
         history=history,
-        rtdeploy_version=text(raw.get("rtdeploy_version", ""), "meta.rtdeploy_version", limit=100))
+        rtdeploy_version=text(raw.get("rtdeploy_version", ""), "meta.rtdeploy_version", limit=100),
+        split_fingerprint=None if raw.get("split_fingerprint") is None
+        else text(raw["split_fingerprint"], "meta.split_fingerprint", empty=False, limit=_MAX_FINGERPRINT))
 
 
 def _check_history(record: dict) -> None:

@@ -115,17 +115,22 @@ def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Pr
     bad: list[str] = []
     workers = max(1, min(8, os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
-            if isinstance(tensor, str):
-                if not skip_bad:
-                    pool.shutdown(cancel_futures=True)
-                    raise _bad_image_error(paths[i], tensor)
-                bad.append(paths[i])
-            else:
-                images.append(tensor)
-                kept.append(i)
-            if on_progress is not None:
-                on_progress(i + 1, len(paths))
+        try:
+            for i, tensor in enumerate(pool.map(_decode_file, paths, [img_size] * len(paths))):
+                if isinstance(tensor, str):
+                    if not skip_bad:
+                        raise _bad_image_error(paths[i], tensor)
+                    bad.append(paths[i])
+                else:
+                    images.append(tensor)
+                    kept.append(i)
+                if on_progress is not None:
+                    on_progress(i + 1, len(paths))
+        except BaseException:
+            # pool.map queued every image up front; leaving the `with` would otherwise wait for
+            # all of them: a SIGTERM/Ctrl-C (KeyboardInterrupt here) must end the run in seconds.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     stacked = torch.stack(images) if images else torch.empty(0, 3, img_size, img_size, dtype=torch.uint8)
     return stacked, kept, bad
 

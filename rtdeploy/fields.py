@@ -144,6 +144,8 @@ SPLIT_FIELDS = {
     "test_frac": lambda v, f: number(v, f, 0.0, 1.0, low_open=True, high_open=True),
     "val_frac": lambda v, f: number(v, f, 0.0, 1.0, high_open=True),
     "max_per_class": _opt_per_class,
+    # the split's file-list fingerprint (rtdeploy/fingerprint.py); 8 base64 chars per file name
+    "fingerprint": lambda v, f: text(v, f, empty=False, limit=64 << 20),
 }
 
 

@@ -407,7 +407,10 @@ def test_fingerprint_is_recorded_in_checkpoint_and_onnx(trained):
     meta, _, _ = read_checkpoint(trained["ckpt"])
     assert meta.split_fingerprint and meta.split_fingerprint.startswith("fp1 ")
     assert read_metadata(trained["onnx"]).split["fingerprint"] == meta.split_fingerprint
-    assert load_splits(str(trained["data"]), img_size=IMG).fingerprint == meta.split_fingerprint
+    from rtdeploy.evaluation import split_settings
+
+    settings = {k: v for k, v in split_settings(meta).items() if k != "fingerprint"}  # the training run's split
+    assert load_splits(str(trained["data"]), img_size=IMG, **settings).fingerprint == meta.split_fingerprint
 
 
 def test_same_files_in_another_place_still_evaluate(cli, trained, tmp_path):

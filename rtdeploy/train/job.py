@@ -161,7 +161,8 @@ def _check_state_fields(state: dict, model: torch.nn.Module) -> None:
     _check_optimizer(dict_of(state.get("optimizer"), "state.optimizer"), [p.shape for p in model.parameters()])
     _check_scheduler(dict_of(state.get("scheduler"), "state.scheduler"))
     report = dict_of(state.get("report"), "state.report")
-    known_keys(report, "state.report", ("epochs", "best_epoch", "best_accuracy", "seconds"))
+    known_keys(report, "state.report", ("epochs", "best_epoch", "best_accuracy", "seconds", "peak_epoch",
+                                        "peak_accuracy"))
     epochs = list_of_dicts(report.get("epochs"), "state.report.epochs")
     for entry in epochs:
         known_keys(entry, "state.report.epochs entry", _EPOCH_FIELDS)
@@ -169,6 +170,9 @@ def _check_state_fields(state: dict, model: torch.nn.Module) -> None:
             number(entry.get(k), f"state.report.epochs entry {k}", 0, 1e12)
     integer(report.get("best_epoch"), "state.report.best_epoch", 0, state["epoch"])
     number(report.get("best_accuracy"), "state.report.best_accuracy", 0, 1)
+    if "peak_epoch" in report:  # written since the validation-selection rule (train/selection.py)
+        integer(report.get("peak_epoch"), "state.report.peak_epoch", 0, state["epoch"])
+        number(report.get("peak_accuracy"), "state.report.peak_accuracy", 0, 1)
     number(report.get("seconds"), "state.report.seconds", 0, 1e12)
 
 
