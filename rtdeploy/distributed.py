@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import inspect
 import logging
 import os
 import signal
@@ -177,12 +178,14 @@ def state_digest(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
 def check_identical(model: nn.Module, what: str) -> list[str]:
-    """Every rank's digest of `model`; PipelineError on all ranks when any differs."""
+    """Every rank's digest of `model` ([] alone); PipelineError on all ranks when any differs."""
+    if not info().enabled:
+        return []
     digests = gather(state_digest(model))
     if len(set(digests)) > 1:
         odd = next(r for r, d in enumerate(digests) if d != digests[0])
@@ -192,6 +195,23 @@ def check_identical(model: nn.Module, what: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- synced BatchNorm
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; its gradient is the sum of the ranks' gradients (each rank's loss depends on
+    the summed statistics), as in torch's SyncBatchNorm."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
 
 
 class _SyncedBatchNorm(nn.Module):
@@ -207,8 +227,7 @@ class _SyncedBatchNorm(nn.Module):
         self.bn = bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce  # differentiable all-reduce
-
+        all_reduce = _AllReduceSum.apply
         bn = self.bn
         if not self.training or not info().enabled:
             return bn(x)
@@ -264,8 +283,11 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    # Buffers (BatchNorm running stats) stay identical through _SyncedBatchNorm: no re-broadcast.
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    # Buffers (BatchNorm running stats) stay identical through _SyncedBatchNorm: no re-broadcast
+    # before every forward (torch >= 2.14 names that option forward_sync_buffers).
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    return DistributedDataParallel(model, device_ids=ids, **no_sync)
 
 
 # ----------------------------------------------------------------------------- stopping together

@@ -38,14 +38,32 @@ def _debug() -> bool:
     return os.environ.get("RTDEPLOY_DEBUG", "") not in ("", "0")
 
 
-def _fail(message: str, code: int) -> int:
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)  # set by torchrun for each of its processes
+
+
+def _fail(message: str, code: int, shared: bool = True) -> int:
+    """Print the one error line. Under torchrun, errors every rank meets alike (bad input, an
+    interrupt, a peer gone) are printed by rank 0 alone; a rank's own failure names the rank."""
+    if _rank() != 0:
+        if shared:
+            return code
+        message = f"rank {_rank()}: {message}"
     print(f"rtdeploy: error: {message}", file=sys.stderr)
     return code
+
+
+def _dist():
+    """rtdeploy.distributed when a command loaded it (it imports torch; --help stays fast)."""
+    return sys.modules.get(f"{__package__.rsplit('.', 1)[0]}.distributed")
 
 
 def _explain(e: BaseException) -> tuple[str, int]:
     """Known runtime failures with the flag that fixes them; anything else is an internal error."""
     text = str(e)
+    dist = _dist()
+    if dist is not None and dist.peer_failure(e):
+        return dist.PEER_FAILED, 1
     if isinstance(e, MemoryError) or "out of memory" in text.lower():
         return "out of memory; lower --batch-size (or --img-size)", 1
     if "DataLoader worker" in text:
@@ -66,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, standalone_mode=False)
         if result == 130:  # Typer turns Ctrl-C inside a command into a returned 130
             return _fail(INTERRUPTED, 130)
+        if _dist() is not None:
+            _dist().shutdown()  # leave the torchrun process group cleanly
         return result if isinstance(result, int) else 0
     except RtdeployError as e:
         if _debug():
@@ -82,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _debug():
             raise
-        return _fail(*_explain(e))
+        message, code = _explain(e)
+        return _fail(message, code, shared=_dist() is not None and _dist().peer_failure(e))
 
 
 def run() -> None:

@@ -3,6 +3,7 @@ progress/console helpers. Only the CLI prints."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,8 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 # Tables and results go to stdout. Rich falls back to 80 columns when stdout is a pipe or a log
 # file, which truncates the wide side-by-side tables; give those 160.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)  # progress and messages: stderr
+# Under torchrun every rank runs the command; only rank 0 prints tables, bars and messages.
+_QUIET = os.environ.get("RANK", "0") not in ("", "0")
+console = Console(width=None if sys.stdout.isatty() else 160, quiet=_QUIET)
+err_console = Console(stderr=True, quiet=_QUIET)  # progress and messages: stderr
 
 Data = Annotated[Optional[str], typer.Option(
     "--data", help="'sample' (the embedded UC Merced subset; train, eval and compress use it when --data "
@@ -25,7 +28,7 @@ DataRoot = Annotated[Optional[str], typer.Option(
 ImgSize = Annotated[int, typer.Option("--img-size", help="Square input size in pixels; images are resized.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for the split, init, shuffling and augmentation.")]
 Epochs = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
-BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per training step.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per training step. Under torchrun this is the global batch, split across the processes, so N processes follow the one-process run with the same --batch-size and --seed.")]
 Lr = Annotated[float, typer.Option("--lr", help="Peak SGD learning rate.")]
 Momentum = Annotated[float, typer.Option("--momentum", help="SGD momentum (the paper used 0).")]
 WeightDecay = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
@@ -38,6 +41,11 @@ TestFrac = Annotated[float, typer.Option("--test-frac", help="Share of images in
 Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and 90-degree rotations on the train split (off in the paper's protocol).")]
 CropScale = Annotated[float, typer.Option("--crop-scale", help="With --augment: also random square crops of this..1 of the image area, resized back (0.5 lifts UC Merced from scratch by ~4 points; 1 = off).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy term, in [0, 1) (0.1 helps training from scratch on small data).")]
+DataCache = Annotated[str, typer.Option(
+    "--data-cache", help="Where decoded images live: disk (a cache file under RTDEPLOY_CACHE_DIR, shared by all "
+                         "processes through the OS page cache; memory stays flat for data larger than RAM), "
+                         "memory (decoded into this process), off (decoded from the image files on demand, "
+                         "in --workers processes).")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad-images", help="Skip unreadable images (and count them) instead of stopping.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON to this path.")]

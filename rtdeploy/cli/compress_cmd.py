@@ -11,7 +11,7 @@ from .. import report as fmt
 from ..errors import ConfigError
 from ..fsutil import check_output
 from .app import app
-from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
+from .common import (Augment, BatchSize, CropScale, Data, DataCache, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
                      Workers, console, load_data, progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
@@ -58,7 +58,7 @@ def compress(
     weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
     distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
     augment: Augment = False, crop_scale: CropScale = 1.0, label_smoothing: LabelSmoothing = 0.0, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
-    report: ReportOut = None, force: Force = False,
+    report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
@@ -71,6 +71,7 @@ def compress(
     Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --ratio 0.7 --epochs 30 --out runs/cap70.pt
     """
     from ..compress import CompressConfig, compress as run_compress, planned_stages, preflight
+    from ..distributed import setup as setup_distributed
     from ..evaluation import splits_for
     from ..prune import PruneConfig
     from ..train import TrainConfig
@@ -88,8 +89,9 @@ def compress(
     check_output(report, force=force or resume is not None, flag="--report")
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
+    setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
-                        augment=augment, crop_scale=crop_scale)
+                        augment=augment, crop_scale=crop_scale, data_cache=data_cache)
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)

@@ -9,7 +9,7 @@ import typer
 from .. import report as fmt
 from ..fsutil import check_output, write_text
 from .app import app
-from .common import (Augment, BatchSize, CropScale, Data, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
+from .common import (Augment, BatchSize, CropScale, Data, DataCache, DataRoot, Device, Epochs, Force, ImgSize, JsonOut,
                      LabelSmoothing, Lr, Momentum, Schedule, Seed, SkipBad, TestFrac, ValFrac, WeightDecay, Workers, console,
                      err_console, load_data, training_progress)
 
@@ -25,7 +25,7 @@ def train(
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
     seed: Seed = 0, device: Device = "auto", workers: Workers = 0, val_frac: ValFrac = 0.0,
     test_frac: TestFrac = 0.3, augment: Augment = False, crop_scale: CropScale = 1.0,
-    label_smoothing: LabelSmoothing = 0.0, skip_bad_images: SkipBad = False,
+    label_smoothing: LabelSmoothing = 0.0, skip_bad_images: SkipBad = False, data_cache: DataCache = "disk",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its '<out>.last' file (or the --out checkpoint beside it).")] = None,
     force: Force = False,
 ):
@@ -33,6 +33,7 @@ def train(
 
     Example: rtdeploy train --data ../shared/data/ucmerced --arch resnet18_se --img-size 64 --epochs 30 --out runs/base.pt
     """
+    from ..distributed import setup as setup_distributed
     from ..models import create_model
     from ..train import TrainConfig
     from ..train.job import run_training, summary_path
@@ -43,9 +44,10 @@ def train(
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     check_output(out, force=force or resume is not None)
     check_output(summary_path(out), force=force or resume is not None, flag="--out (its summary JSON)")
+    setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = load_data(data, data_root=data_root, img_size=img_size, seed=seed, test_frac=test_frac,
                        val_frac=val_frac, augment=augment, crop_scale=crop_scale,
-                       skip_bad_images=skip_bad_images)
+                       skip_bad_images=skip_bad_images, data_cache=data_cache)
     if splits.skipped:
         err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {splits.skipped[0]}")
     with training_progress(f"train {arch}", epochs) as (on_step, on_epoch):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checkpoint import ModelMeta, read_checkpoint, resume_path, save_checkpoint
 from ..env import versions
 from ..errors import CheckpointError, ConfigError
@@ -43,6 +44,9 @@ class TrainSummary:
     seconds: float
     resumed_from_epoch: int
     checkpoint: str
+    # {"world_size", "backend", "global_batch", "rank_digests"}: how many processes trained
+    # together (torchrun) and the sha256 of the best model on each (equal by construction).
+    distributed: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
     epochs: list[dict] = field(default_factory=list)
 
@@ -75,8 +79,11 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
         params=params, macs=macs, best_epoch=report.best_epoch, best_accuracy=report.best_accuracy,
         final_accuracy=report.final_accuracy, eval_split="val" if splits.val is not None else "test",
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
-        epochs=[asdict(e) for e in report.epochs])
-    write_json(summary_path(out), asdict(summary))
+        epochs=[asdict(e) for e in report.epochs],
+        distributed={"world_size": report.world_size, "backend": report.backend,
+                     "global_batch": cfg.batch_size, "rank_digests": report.rank_digests})
+    if distributed.info().is_main:  # one writer: rank 0 (the others hold the same model)
+        write_json(summary_path(out), asdict(summary))
     return summary
 
 
