@@ -107,4 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # The command is over and its files are whole: a late SIGTERM (torchrun stopping the other
+    # ranks of a failed job) must not print a KeyboardInterrupt from the interpreter's exit.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

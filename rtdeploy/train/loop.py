@@ -142,7 +142,8 @@ def split_accuracy(model: nn.Module, ds, batch_size: int, device) -> float:
         r = evaluate(model, part, batch_size, device)
         correct, seen = r.accuracy * r.images, r.images
     correct, seen = distributed.all_sum([round(correct), seen])
-    return correct / seen if seen else 0.0
+    # float32 division, as evaluate()'s mean of 0/1 values: the same number one process reports
+    return (torch.tensor(correct, dtype=torch.float32) / seen).item() if seen else 0.0
 
 
 def _best(model: nn.Module, best_state: dict) -> nn.Module:
