@@ -4,8 +4,10 @@ global batch and seed, --resume works, and a signal or a death on one rank ends 
 line and the last complete checkpoint intact.
 
 Tolerance: the two runs do the same arithmetic except for the order of float sums (BatchNorm
-statistics summed over two ranks, gradients averaged by all-reduce): weights agree to ~1e-7 after
-a few epochs; we allow rtol 1e-4 / atol 1e-5, as the interrupt tests do for resume.
+statistics summed over two ranks, gradients averaged by all-reduce). That rounding drifts as
+training goes on: weights agree to ~2e-7 after 3 epochs (15 steps) and to ~1.3e-5 (on weights of
+magnitude ~0.5) after 8 epochs (40 steps) at lr 0.05. We allow rtol 1e-3 / atol 1e-4; a real
+mismatch (a shard missing, BatchNorm on half batches, a wrong loss weight) moves weights by 1e-2+.
 """
 import json
 import os
@@ -55,7 +57,7 @@ def run(cmd, **env) -> subprocess.CompletedProcess:
 def assert_same_weights(a: dict, b: dict) -> None:
     assert list(a) == list(b)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=lambda m: f"{k}: {m}")
 
 
 def error_lines(stderr: str) -> list[str]:
