@@ -44,8 +44,9 @@ class TrainSummary:
     seconds: float
     resumed_from_epoch: int
     checkpoint: str
-    # {"world_size", "backend", "global_batch", "rank_digests"}: how many processes trained
-    # together (torchrun) and the sha256 of the best model on each (equal by construction).
+    # {"world_size", "backend", "global_batch", "rank_digests", "rank_peak_rss_mb"}: how many
+    # processes trained together (torchrun), the sha256 of the best model on each (equal by
+    # construction) and each one's peak resident memory (Linux ru_maxrss).
     distributed: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
     epochs: list[dict] = field(default_factory=list)
@@ -81,7 +82,8 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
         epochs=[asdict(e) for e in report.epochs],
         distributed={"world_size": report.world_size, "backend": report.backend,
-                     "global_batch": cfg.batch_size, "rank_digests": report.rank_digests})
+                     "global_batch": cfg.batch_size, "rank_digests": report.rank_digests,
+                     "rank_peak_rss_mb": report.rank_peak_rss_mb})
     if distributed.info().is_main:  # one writer: rank 0 (the others hold the same model)
         write_json(summary_path(out), asdict(summary))
     return summary

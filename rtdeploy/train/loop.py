@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -46,6 +47,7 @@ class TrainReport:
     world_size: int = 1  # processes (torchrun ranks) that trained together
     backend: str | None = None  # their torch.distributed backend (gloo, nccl); None alone
     rank_digests: list[str] = field(default_factory=list)  # sha256 of the best model on each rank
+    rank_peak_rss_mb: list[float] = field(default_factory=list)  # each process's peak RSS so far
 
     @property
     def final_accuracy(self) -> float:
@@ -127,6 +129,7 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
                 save(_best(model, best_state), _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
     best = _best(model, best_state)
     report.rank_digests = distributed.check_identical(best, "the trained model") if world.enabled else []
+    report.rank_peak_rss_mb = distributed.gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     return best, report
 
 
