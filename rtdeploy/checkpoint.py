@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, RegistryError
+from .fields import (MAX_WIDTH, SPLIT_FIELDS, FieldError, class_names, dict_of, img_size, integer, known_keys,
+                     list_of_dicts, parse_json, rgb_triple, text)
 from .fsutil import atomic_path
+from .names import show
 from .models import apply_structure, create_model, describe
 
 FORMAT = "rtdeploy-checkpoint"
@@ -36,6 +40,7 @@ class ModelMeta:
     std: tuple[float, float, float]
     structure: dict | None = None  # per-layer widths + removed blocks, from models.describe
     history: list[dict] = field(default_factory=list)  # one summary per stage (train, compress)
+    split_fingerprint: str | None = None  # the training split's files (rtdeploy/fingerprint.py); None in older checkpoints
     rtdeploy_version: str = __version__
 
     @property
@@ -53,13 +58,6 @@ def resume_path(out: str | os.PathLike) -> Path:
     `--resume` continues from (train and compress share this convention)."""
     out = Path(out)
     return out.with_name(out.name + ".last")
-
-
-def build_model(meta: ModelMeta) -> nn.Module:
-    model = create_model(meta.arch, meta.num_classes)
-    if meta.structure:
-        apply_structure(model, meta.structure)
-    return model
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: ModelMeta,
@@ -85,43 +83,249 @@ def _removed(model: nn.Module, meta: ModelMeta) -> list[str]:
             and not isinstance(reference[name], nn.Identity)]
 
 
+# ---------------------------------------------------------------- reading (every field checked)
+#
+# A checkpoint may come from anywhere: each value read from it is checked for type and range
+# before use, and sizes are checked before anything is allocated (issue 10, classes 4 and 5):
+# the zip entries must be stored (no compression bombs), the tensors may not hold more bytes than
+# the file, and every recorded layer width must match the shape of the weight stored for it, so
+# the rebuilt model is never larger than the file that describes it.
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"  # pickle protocol 2+: torch's legacy format or a plain pickle
+_META_KEYS = {f.name for f in fields(ModelMeta)}
+_REQUIRED_META = ("arch", "classes", "img_size", "mean", "std")
+_SPEC_KEYS = {"conv": ("in", "out", "groups"), "bn": ("features",), "linear": ("in", "out")}
+_MAX_DEPTH = 32  # nesting of the pickled payload; rtdeploy's own is at most 6 deep
+
+
+def _damaged(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"{show(path)} has damaged metadata: {what}; re-create it with 'rtdeploy train' "
+                           f"(or 'compress')")
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelMeta, dict, dict]:
     """(meta, state_dict, state) from `path`, refusing anything that is not our format."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the file written by 'rtdeploy train' or 'compress'")
+    _check_is_file(path)
+    _check_container(path)
     payload = _safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an rtdeploy checkpoint; create one with 'rtdeploy train'")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer rtdeploy (format {payload['format_version']}); upgrade rtdeploy")
+        raise CheckpointError(f"{show(path)} is not an rtdeploy checkpoint; create one with 'rtdeploy train'")
+    version = payload.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise CheckpointError(f"{show(path)} was written by a newer rtdeploy (format {version}); upgrade rtdeploy")
     try:
-        raw = json.loads(payload["meta"])
-        raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
-        meta = ModelMeta(**raw)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} has damaged metadata ({e}); re-create it with 'rtdeploy train'") from e
+        _check_payload(payload, path.stat().st_size)
+        meta = _parse_meta(payload["meta"])
+    except FieldError as e:
+        raise _damaged(path, str(e)) from e
+    try:
+        _check_structure(meta.structure, payload["state_dict"])
+    except FieldError as e:
+        raise CheckpointError(f"{show(path)}: weights do not fit the recorded structure ({e}); "
+                              f"re-create the checkpoint with 'rtdeploy train' (or 'compress')") from e
     return meta, payload["state_dict"], payload.get("state", {})
 
 
-def _safe_load(path: Path):
+def _check_is_file(path: Path) -> None:
+    if path.is_file():
+        return
+    if path.is_dir():
+        what = "is a directory, not a checkpoint file"
+    elif path.exists():
+        what = "is not a regular file (a device, FIFO or socket)"
+    else:
+        what = "does not exist"
+    raise CheckpointError(f"checkpoint {show(path)} {what}; pass the .pt file written by 'rtdeploy train' or 'compress'")
+
+
+def _check_container(path: Path) -> None:
+    """A torch zip whose entries are stored as written, or a clear word about what it is instead."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == _ZIP_MAGIC:
+        return _check_zip(path)
+    if head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(f"{show(path)} holds pickled Python objects (torch's legacy format or a plain pickle) "
+                              f"and was not loaded, to avoid running code; save a checkpoint with 'rtdeploy train'")
+    if _is_onnx(path):
+        raise CheckpointError(f"{show(path)} is an ONNX model, not an rtdeploy checkpoint; pass the .pt file it was "
+                              f"exported from (or give the .onnx file to 'rtdeploy bench')")
+    raise CheckpointError(f"{show(path)} is not an rtdeploy checkpoint (not a torch file); create one with 'rtdeploy train'")
+
+
+# Serialized ModelProto fields in order: 1 ir_version (varint, tag 0x08), then one of producer_name,
+# producer_version, domain, model_version, doc_string, graph, opset_import, metadata_props...
+_ONNX_NEXT_TAGS = {0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72, 0x7a}
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file by its first bytes (no parse: a large foreign file is never read whole)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 3 or head[0] != 0x08:
+        return False
+    i = 1
+    while i < len(head) and head[i] & 0x80:  # skip the ir_version varint
+        i += 1
+    return i + 1 < len(head) and head[i + 1] in _ONNX_NEXT_TAGS
+
+
+def _check_zip(path: Path) -> None:
+    """torch.save stores every entry uncompressed; a compressed entry can inflate a tiny file into
+    gigabytes on load, so it is refused, and no entry may claim more bytes than the file has."""
+    size = path.stat().st_size
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{show(path)} is truncated, damaged or not a torch file ({type(e).__name__}); "
+                              f"re-create it") from e
+    for info in entries:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > size:
+            raise CheckpointError(f"{show(path)} holds a compressed or oversized entry ({show(info.filename)}: "
+                                  f"{info.file_size} bytes in a {size}-byte file), which rtdeploy never writes; "
+                                  f"re-create the checkpoint with 'rtdeploy train'")
+
+
+def _safe_load(path: Path):
+    try:  # mmap: tensors stay in the file until used, so a checkpoint is checked before it fills memory
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
-            f"{path} holds pickled Python objects (e.g. a torch.save(model) file or a crafted payload) "
+            f"{show(path)} holds pickled Python objects (e.g. a torch.save(model) file or a crafted payload) "
             f"and was not loaded, to avoid running code; save a checkpoint with 'rtdeploy train'"
         ) from e
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
-        raise CheckpointError(f"{path} is truncated, damaged or not a torch file ({type(e).__name__}); re-create it") from e
+        raise CheckpointError(f"{show(path)} is truncated, damaged or not a torch file ({type(e).__name__}); "
+                              f"re-create it") from e
+
+
+def _check_payload(payload: dict, file_size: int) -> None:
+    version = payload.get("format_version")
+    if type(version) is not int or version < 1:
+        raise FieldError("format_version", f"an integer in 1..{FORMAT_VERSION}", version)
+    known_keys(payload, "the checkpoint", ("format", "format_version", "meta", "state_dict", "state"))
+    text(payload.get("meta"), "meta")
+    state_dict = dict_of(payload.get("state_dict"), "state_dict")
+    if not state_dict or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
+        raise FieldError("state_dict", "a non-empty mapping of layer names to tensors", "other values")
+    dict_of(payload.get("state", {}), "state")
+    _check_views(payload, "the checkpoint")
+    held = sum(t.numel() * t.element_size() for t in state_dict.values())
+    if held > file_size:  # each weight is stored once; more means views sharing one stored tensor
+        raise FieldError("state_dict", f"tensors stored in the file (at most {file_size} bytes)",
+                         f"{held} bytes of weights")
+
+
+def _check_views(obj, where: str, depth: int = 0) -> None:
+    """No tensor may declare more data than its storage holds: a stride-0 or sparse view of a few
+    bytes can declare gigabytes, which the model or optimizer would then allocate."""
+    if depth > _MAX_DEPTH:
+        raise FieldError(where, f"nested at most {_MAX_DEPTH} levels deep", "deeper nesting")
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided or obj.is_meta:
+            raise FieldError(where, "dense tensors", f"a {obj.layout} tensor")
+        if obj.numel() * obj.element_size() > obj.untyped_storage().nbytes():
+            raise FieldError(where, "tensors backed by their stored data",
+                             f"a {list(obj.shape)} view of {obj.untyped_storage().nbytes()} stored bytes")
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _check_views(v, where, depth + 1)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _check_views(v, where, depth + 1)
+
+
+def _parse_meta(raw_text: str) -> ModelMeta:
+    raw = dict_of(parse_json(raw_text, "meta"), "meta")
+    known_keys(raw, "meta", _META_KEYS)
+    missing = [k for k in _REQUIRED_META if k not in raw]
+    if missing:
+        raise FieldError(f"meta.{missing[0]}", "present", "nothing")
+    history = list_of_dicts(raw.get("history", []), "meta.history")
+    for record in history:
+        _check_history(record)
+    structure = raw.get("structure")
+    return ModelMeta(
+        arch=text(raw["arch"], "meta.arch", empty=False, limit=200),
+        classes=class_names(raw["classes"], "meta.classes"),
+        img_size=img_size(raw["img_size"], "meta.img_size"),
+        mean=rgb_triple(raw["mean"], "meta.mean", positive=False),
+        std=rgb_triple(raw["std"], "meta.std", positive=True),
+        structure=None if structure is None else dict_of(structure, "meta.structure"),
+        history=history,
+        rtdeploy_version=text(raw.get("rtdeploy_version", ""), "meta.rtdeploy_version", limit=100))
+
+
+def _check_history(record: dict) -> None:
+    """The train record's split settings are used to rebuild the test split: check them."""
+    text(record.get("stage", ""), "meta.history stage", limit=100)
+    if record.get("stage") == "train":
+        for key, check in SPLIT_FIELDS.items():
+            if key in record:
+                check(record[key], f"meta.history train {key}")
+
+
+def _check_structure(structure: dict | None, state_dict: dict) -> None:
+    """Every recorded width is a sane integer and matches the weight stored for that layer."""
+    if structure is None:
+        return
+    known_keys(structure, "meta.structure", ("layers", "removed"))
+    removed = structure.get("removed", [])
+    if not isinstance(removed, list):
+        raise FieldError("meta.structure.removed", "a list of module names", removed)
+    for name in removed:
+        text(name, "meta.structure.removed entry", empty=False, limit=200)
+    for name, spec in dict_of(structure.get("layers", {}), "meta.structure.layers").items():
+        _check_spec(name, spec, state_dict)
+
+
+def _check_spec(name: str, spec, state_dict: dict) -> None:
+    field = f"meta.structure.layers[{show(repr(name))}]"
+    spec = dict_of(spec, field)
+    kind = spec.get("type")
+    if kind not in _SPEC_KEYS:
+        raise FieldError(f"{field}.type", "conv, bn or linear", kind)
+    known_keys(spec, field, ("type", *_SPEC_KEYS[kind]))
+    dims = {k: integer(spec.get(k), f"{field}.{k}", 1, MAX_WIDTH) for k in _SPEC_KEYS[kind]}
+    if kind == "conv" and (dims["in"] % dims["groups"] or dims["out"] % dims["groups"]):
+        raise FieldError(f"{field}.groups", "a divisor of its in and out widths", dims["groups"])
+    expected = {"conv": lambda s: tuple(s[:2]) == (dims["out"], dims["in"] // dims["groups"]) and len(s) == 4,
+                "linear": lambda s: tuple(s) == (dims["out"], dims["in"]),
+                "bn": lambda s: tuple(s) == (dims["features"],)}[kind]
+    stored = state_dict.get(f"{name}.weight", state_dict.get(f"{name}.running_mean"))
+    if stored is None or not expected(stored.shape):
+        got = "no stored weight" if stored is None else f"a stored weight of shape {list(stored.shape)}"
+        raise FieldError(field, f"widths that match the stored weights ({dims})", got)
+
+
+def build_model(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.Module:
+    """The registered architecture resized to the recorded structure."""
+    try:
+        model = create_model(meta.arch, meta.num_classes)
+    except RegistryError as e:
+        raise CheckpointError(f"{show(path)}: meta.arch {show(repr(meta.arch))} is not a known architecture ({e})") from e
+    if meta.structure:
+        try:
+            apply_structure(model, meta.structure)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise _damaged(Path(path), f"meta.structure does not fit {meta.arch} ({show(str(e).splitlines()[0] if str(e) else type(e).__name__)})") from e
+    return model
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model (eval mode) and its metadata from `path`."""
     meta, state_dict, _ = read_checkpoint(path)
+    model = build_model(meta, path)
     try:
-        model = build_model(meta)
         model.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit architecture {meta.arch!r} ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, ValueError, TypeError) as e:
+        if "can't allocate memory" in str(e):
+            raise
+        raise CheckpointError(f"{show(path)}: weights do not fit architecture {show(repr(meta.arch))} "
+                              f"({show(str(e).splitlines()[0])}); re-create the checkpoint") from e
     return model.eval(), meta

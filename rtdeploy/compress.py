@@ -11,7 +11,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +22,7 @@ from . import distributed
 from .attention import capture_attention
 from .checkpoint import ModelMeta, load_checkpoint, read_checkpoint, resume_path, save_checkpoint
 from .data import check_classes, make_loader
+from .defaults import COMPRESS, CompressRecipe
 from .env import versions
 from .errors import CheckpointError, ConfigError, PipelineError
 from .fsutil import write_json
@@ -32,29 +33,30 @@ from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_crite
 from .train import Distilled, TrainConfig, create_loss, fit, resolve_device
 from .train.loop import split_accuracy
 from .train.losses import LOSSES
+from .train.selection import selection_split
 
 log = logging.getLogger(__name__)
 
 
-def finetune_defaults() -> TrainConfig:
-    # The pruned net starts from trained weights, so a peak lr 5x below training from scratch
-    # (0.05) keeps what it inherited; 0.01 is the paper's fine-tuning lr. Momentum 0.9 + cosine
-    # decay (instead of the paper's plain SGD with x0.1 steps) converge within fewer epochs.
-    return TrainConfig(epochs=30, batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+def finetune_defaults(recipe: CompressRecipe = COMPRESS) -> TrainConfig:
+    """The fine-tuning settings of a compress recipe (rtdeploy/defaults.py says why these)."""
+    return TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, momentum=recipe.momentum,
+                       weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
+                       schedule=recipe.schedule, select=recipe.select)
 
 
 @dataclass
 class CompressConfig:
-    criterion: str = "cap"
+    criterion: str = COMPRESS.criterion  # "auto": cap for a model with foldable SE blocks, else l1
     prune: PruneConfig = field(default_factory=PruneConfig)
-    loss: str = "aml"
-    r1: float = 1.0
-    r2: float = 1.0
+    loss: str = COMPRESS.loss
+    r1: float = COMPRESS.r1
+    r2: float = COMPRESS.r2
     train: TrainConfig = field(default_factory=finetune_defaults)
-    distill: bool = False  # beyond the paper: knowledge distillation from the unpruned model
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.5
-    calib_images: int = 1024
+    distill: bool = COMPRESS.distill  # beyond the paper: knowledge distillation from the unpruned model
+    kd_temperature: float = COMPRESS.kd_temperature
+    kd_weight: float = COMPRESS.kd_weight
+    calib_images: int = COMPRESS.calib_images
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -62,11 +64,27 @@ class CompressConfig:
         self.loss_fn()  # --r1/--r2/--kd-* are checked where the losses are built
         if self.calib_images < 1:
             raise ConfigError(f"--calib-images must be >= 1, got {self.calib_images}")
-        check_criterion(self.criterion)
+        if self.criterion != AUTO_CRITERION:
+            check_criterion(self.criterion)
 
     def loss_fn(self) -> nn.Module:
         base = create_loss(self.loss, r1=self.r1, r2=self.r2, label_smoothing=self.train.label_smoothing)
         return Distilled(base, self.kd_temperature, self.kd_weight) if self.distill else base
+
+
+AUTO_CRITERION = "auto"
+
+
+def auto_criterion(model: nn.Module) -> str:
+    """`--criterion auto`: RemoteTrimmer's cap where the model has SE blocks it can fold, else l1
+    (measured within noise of the best baseline on UC Merced, and defined for every conv net)."""
+    if not has_attention(model):
+        return "l1"
+    try:
+        fold_plan(model)
+    except FoldError:
+        return "l1"
+    return "cap"
 
 
 @dataclass
@@ -91,7 +109,8 @@ class CompressReport:
     arch: str
     data: str
     img_size: int
-    eval_split: str
+    eval_split: str  # the split of every accuracy in `accuracy` and `stages`: always test
+    selected_on: str  # what chose the kept fine-tuning epoch (validation, last epoch, or test)
     source: str
     checkpoint: str
     stages: list[dict]  # rows original/folded/pruned/finetuned: params, macs, accuracy
@@ -125,6 +144,9 @@ def preflight(ckpt_path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, Mo
     """Load the checkpoint and run every check that needs no data: criterion vs. model, the SE
     blocks foldable (for cap), the ratio not emptying a layer. Cheap; call before decoding data."""
     model, meta = load_checkpoint(ckpt_path)
+    if cfg.criterion == AUTO_CRITERION:
+        cfg.criterion = auto_criterion(model)  # resolved once, so the report and --resume see it
+        log.info("--criterion auto: %s", cfg.criterion)
     check_model_for(cfg.criterion, model)
     if cfg.criterion == "cap":
         fold_plan(model)  # FoldError names the SE block without a BatchNorm before it
@@ -180,6 +202,7 @@ class _Run:
     stages: _Stages
     rows: list[dict] = field(default_factory=list)
     accuracy: dict = field(default_factory=lambda: dict.fromkeys(("original", "folded", "pruned", "finetuned")))
+    selected_on: str = ""
 
     def calib(self, batch_size: int | None = None):
         """Shuffled train batches (calibration must see every class, and the split is class-sorted)."""
@@ -217,10 +240,11 @@ def _prune(run: _Run, model: nn.Module) -> PruneReport:
 
 def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, on_epoch, save, resume):
     cfg = run.cfg
+    eval_ds, rule, run.selected_on = selection_split(run.splits, cfg.train.select)
     with run.stages.run("finetune", f"fine-tune {cfg.train.epochs} epochs ({cfg.loss})") as ev:
-        best, report = fit(model, run.splits.train, run.splits.eval_split, cfg.loss_fn(), cfg.train,
+        best, report = fit(model, run.splits.train, eval_ds, cfg.loss_fn(), replace(cfg.train, select=rule),
                            teacher=teacher, on_step=on_step, on_epoch=on_epoch, save=save, resume=resume)
-        ev.detail = f"best epoch {report.best_epoch}"
+        ev.detail = f"kept epoch {report.best_epoch} (selection: {run.selected_on})"
     return best, report
 
 
@@ -308,8 +332,10 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     fold, kept_reason, pruned = context["fold"], context["kept_reason"], context["prune"]
     save = _saver(run, model, meta, {k: context[k] for k in ("fold", "kept_reason", "prune")}, resume_path(out))
     best, tr = _finetune(run, model, teacher, on_step, on_epoch, save, state)
-    # The paper keeps the best test epoch; the last epoch is the number free of that selection.
-    run.accuracy["finetuned_last"] = tr.final_accuracy
+    # Selection looked at validation (or, in the paper's protocol, at test); this records the
+    # selected model's selection-split accuracy beside its test accuracy.
+    run.accuracy["finetuned_selection"] = tr.best_accuracy
+    run.accuracy["finetuned_last_epoch_eval"] = tr.final_accuracy
     run.measure("finetuned", best)
     with run.stages.run("save", f"save {out}"):
         meta = copy.deepcopy(meta)
@@ -322,9 +348,11 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
         macs={"before": run.rows[0]["macs"], "after": run.rows[-1]["macs"]},
         accuracy=run.accuracy, seconds=run.stages.seconds | {"total": time.perf_counter() - t0},
         seed=cfg.train.seed, arch=meta.arch, data=splits.source, img_size=meta.img_size, eval_split="test",
+        selected_on=run.selected_on,
         source=str(ckpt_path), checkpoint=str(out), stages=run.rows,
         fold=fold if kept_reason is None else {"kept_reason": kept_reason}, prune=pruned,
-        finetune={"best_epoch": tr.best_epoch, "best_accuracy": tr.best_accuracy,
+        finetune={"best_epoch": tr.best_epoch, "best_accuracy": tr.best_accuracy, "selection": tr.selection,
+                  "peak_epoch": tr.peak_epoch, "peak_accuracy": tr.peak_accuracy,
                   "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch,
                   "augment": splits.train.augment, "crop_scale": splits.train.crop_scale},
         settings=asdict(cfg), distributed={**distributed.info().record(), "rank_digests": tr.rank_digests})

@@ -22,15 +22,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from rtdeploy import distributed, imagestore
+from rtdeploy import fingerprint as split_fingerprint
 from rtdeploy.errors import ConfigError, DataError
+from rtdeploy.imagefile import check_pixels, failure_reason, loaded_image, open_regular
+from rtdeploy.names import show
+from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 DATA_HELP = "pass 'sample', 'eurosat' or a folder with one sub-folder of images per class"
 _CACHE_VERSION = 1
 _STD_FLOOR = 1e-3  # a constant channel (e.g. a synthetic test image) must not divide by zero
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 Progress = Callable[[int, int], None]
 
 
@@ -46,15 +48,18 @@ def _wide_to_u8(img: Image.Image) -> np.ndarray:
     # PIL's convert("RGB") clips 16/32-bit values at 255 instead of scaling them, which turns a
     # 16-bit scene white. Scale by the range the data really uses: 8 bit, 16 bit (/257 maps
     # 65535 -> 255 exactly), or, for anything else (negative or > 16 bit, float), min-max.
+    # In place after the one float copy: a large image must not cost four float64 copies.
     arr = np.asarray(img).astype(np.float64)
     lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
-        arr = arr * 255.0
+        arr *= 255.0
     elif img.mode.startswith("I;16") or (lo >= 0.0 and 255.0 < hi <= 65535.0):
-        arr = arr / 257.0
+        arr /= 257.0
     elif lo < 0.0 or hi > 255.0:
-        arr = (arr - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        arr -= lo
+        arr *= 255.0 / max(hi - lo, 1e-12)
+    np.rint(arr, out=arr)
+    return np.clip(arr, 0, 255, out=arr).astype(np.uint8)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -82,20 +87,22 @@ def preprocess(img: Image.Image, img_size: int) -> torch.Tensor:
 
 
 def _decode_file(path: str, img_size: int) -> torch.Tensor | str:
-    """Decode one file; the reason as a string when it is corrupt, truncated or not an image."""
+    """Decode one file; the reason as a string when it cannot be used as an image.
+
+    Any Exception from a decoder counts: Pillow's plugins raise TypeError, struct.error,
+    IndexError, NotImplementedError, ... on crafted or odd files, not only OSError."""
     try:
-        with Image.open(path) as img:
-            img.load()
+        with loaded_image(path) as img:
             return preprocess(img, img_size)
-    except _DECODE_ERRORS as exc:
-        log.info("cannot decode %s: %s", path, exc)  # raised or listed in Splits.skipped by caller
-        return " ".join(str(exc).split()) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.info("cannot decode %s: %s: %s", show(path), type(exc).__name__, show(exc))
+        return show(failure_reason(exc))
 
 
 def _bad_image_error(path: str, reason: str = "corrupt or truncated", n_bad: int = 1) -> DataError:
     more = f" (and {n_bad - 1} more bad files)" if n_bad > 1 else ""
     return DataError(
-        f"{path}: not a readable image ({reason}){more}; "
+        f"{show(path)}: not a readable image ({show(reason)}){more}; "
         "replace or delete it, or pass --skip-bad-images to skip bad files"
     )
 
@@ -132,12 +139,13 @@ def _decode(path: str, img_size: int) -> torch.Tensor | str:
 
 
 def _probe_file(path: str) -> str | None:
-    """Whether `path` opens as an image (header only): None, or the reason it does not."""
+    """Whether `path` opens as an image (header and size only): None, or the reason it does not."""
     try:
-        with Image.open(path):
+        with open_regular(path) as fh, Image.open(fh) as img:
+            check_pixels(img)
             return None
-    except _DECODE_ERRORS as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - as in _decode_file: any decoder error is a bad file
+        return show(failure_reason(exc))
 
 
 def _load_images(paths, img_size, skip_bad, on_progress, mode: str = "disk"):
@@ -160,41 +168,25 @@ def _data_fingerprint(root: Path, files: list[list[str]]) -> str:
 # ----------------------------------------------------------------------------- sources
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")  # .DS_Store, ._foo.jpg (macOS), .ipynb_checkpoints
+def _scan_folder(root: Path) -> tuple[list[str], list[list[str]], ScanReport]:
+    """Classes (sorted like torchvision's ImageFolder), each class's image files, what was skipped.
 
-
-def _class_files(folder: Path) -> list[str]:
-    """Image files under one class folder (recursively, like ImageFolder), sorted."""
-    found, ignored = [], []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            ok = not _is_hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS)
-            (found if ok else ignored).append(full)
-    if ignored:
-        log.info("ignored %d non-image files in %s (e.g. %s)", len(ignored), folder, ignored[0])
-    return sorted(found)
-
-
-def _scan_folder(root: Path) -> tuple[list[str], list[list[str]]]:
-    """Classes (sorted like torchvision's ImageFolder) and each class's image files."""
+    Links, special files and repeated files follow the rule in rtdeploy/scan.py."""
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(f"--data {root} {what}; {DATA_HELP}")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not _is_hidden(e.name))
+        raise DataError(f"--data {show(root)} {what}; {DATA_HELP}")
+    classes, files, report = scan_classes(root)
     if not classes:
-        raise DataError(f"{root} has no class sub-folders; put images in {root}/<class>/<image>")
+        raise DataError(f"{show(root)} has no class sub-folders; put images in {show(root)}/<class>/<image>")
     if len(classes) < 2:
-        raise DataError(f"{root} has only one class folder ({classes[0]}); a classifier needs at "
+        raise DataError(f"{show(root)} has only one class folder ({show(classes[0])}); a classifier needs at "
                         "least 2 classes, one sub-folder each")
-    files = [_class_files(root / c) for c in classes]
-    for name, class_files in zip(classes, files):
-        if not class_files:
-            raise DataError(f"{root / name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+    for name, found in zip(classes, files):
+        if not found:
+            skipped = f" ({report.summary()})" if report.count else ""
+            raise DataError(f"{show(root / name)} has no images ({', '.join(IMAGE_EXTENSIONS)}){skipped}; "
                             "add images or remove the folder")
-    return classes, files
+    return classes, files, report
 
 
 def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
@@ -210,8 +202,8 @@ def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
         except (OSError, RuntimeError) as exc:  # URLError is an OSError; md5 mismatch a RuntimeError
             reason = " ".join(str(exc).split())  # the CLI prints one line
             raise DataError(
-                f"EuroSAT is not under {root} and could not be downloaded (no network? {reason}); "
-                f"place the extracted 2750/ folder under {root / 'eurosat'}/, or pass a folder path "
+                f"EuroSAT is not under {show(root)} and could not be downloaded (no network? {show(reason)}); "
+                f"place the extracted 2750/ folder under {show(root / 'eurosat')}/, or pass a folder path "
                 "to --data instead"
             ) from exc
     return folder, f"eurosat:{root}"
@@ -302,6 +294,8 @@ class Splits:
     img_size: int
     source: str
     skipped: list[str] = field(default_factory=list)
+    scan: ScanReport = field(default_factory=ScanReport)  # entries not used (links, FIFOs, ...)
+    fingerprint: str = ""  # which files are in which split (rtdeploy/fingerprint.py)
     seed: int = 0
     # How the split was drawn, so a checkpoint's own test split can be rebuilt exactly later.
     test_frac: float = 0.3
@@ -424,7 +418,7 @@ def _split_indices(labels: torch.Tensor, classes: list[str], seed: int, test_fra
         n_val = max(1, math.floor(len(idx) * val_frac + 0.5)) if val_frac > 0 else 0
         if len(idx) - n_test - n_val < 1:
             need = 2 + (val_frac > 0)
-            raise DataError(f"class '{name}' has {len(idx)} usable images, too few to split: it needs "
+            raise DataError(f"class '{show(name)}' has {len(idx)} usable images, too few to split: it needs "
                             f"at least {need} (train, test{', val' if need == 3 else ''}); add images "
                             "or lower --test-frac/--val-frac")
         test += idx[:n_test]
@@ -444,13 +438,15 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
                 augment: bool = False, mean: tuple | None = None, std: tuple | None = None,
                 skip_bad_images: bool = False, max_per_class: int | None = None,
                 crop_scale: float = 1.0, on_progress: Progress | None = None,
-                data_cache: str = "disk") -> Splits:
+                fingerprint: str | None = None, data_cache: str = "disk") -> Splits:
     """Load a dataset and split it, stratified per class and deterministic for `seed`.
 
     `data`: None/"sample" (embedded UC Merced sample), "eurosat" (torchvision EuroSAT RGB under
     `data_root`), or a folder with one sub-folder per class. test_frac 0.3 follows the paper.
     With `augment`, train images get random flips and 90-degree rotations, plus random crops of
-    `crop_scale`..1 of their area resized back when crop_scale < 1. `data_cache`: where decoded
+    `crop_scale`..1 of their area resized back when crop_scale < 1.
+    `fingerprint`: the split a model was trained with (Splits.fingerprint then); a DataError
+    names how many files differ when this data no longer gives it. `data_cache`: where decoded
     images live, "disk" (a cache file shared by processes), "memory" or "off" (see imagestore).
     Under torchrun every rank must see the same files (checked).
     """
@@ -458,17 +454,25 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     mean = _check_stats("mean", mean, positive=False) if mean is not None else None
     std = _check_stats("std", std, positive=True) if std is not None else None
     root, source = _resolve(data, data_root)
-    classes, files = _scan_folder(root)
+    classes, files, scan = _scan_folder(root)
     files = _cap_per_class(files, max_per_class, seed)
     paths = [p for class_files in files for p in class_files]
     all_labels = [c for c, class_files in enumerate(files) for _ in class_files]
     distributed.check_same_data(_data_fingerprint(root, files) if distributed.info().enabled else "", source)
+    if fingerprint is not None and not skip_bad_images:
+        # Without --skip-bad-images every file is kept (or decoding fails), so the split is known
+        # now: a changed folder is refused before minutes of decoding, not after.
+        early = _split_fingerprint(root, classes, paths, torch.tensor(all_labels), seed, test_frac, val_frac)
+        split_fingerprint.check(fingerprint, early, source)
     # The sample is small and fast to decode; caching it would only fill the user's cache.
     mode = "memory" if source == "sample" and data_cache == "disk" else data_cache
     images, kept, skipped = _load_images(paths, img_size, skip_bad_images, on_progress, mode)
     labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.int64)
     kept_paths = [paths[i] for i in kept]
     train_i, val_i, test_i = _split_indices(labels, classes, seed, test_frac, val_frac)
+    current = _fingerprint(root, classes, kept_paths, train_i, val_i, test_i)
+    if fingerprint is not None:
+        split_fingerprint.check(fingerprint, current, source)  # with bad images skipped
     if mean is None or std is None:
         train_mean, train_std = _channel_stats(images.subset(train_i))
         mean, std = mean or train_mean, std or train_std
@@ -481,8 +485,20 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
              len(classes), len(train_i), len(val_i), len(test_i), img_size, len(skipped))
     return Splits(train=subset(train_i, augment), val=subset(val_i, False) if val_i else None,
                   test=subset(test_i, False), classes=classes, mean=mean, std=std,
-                  img_size=img_size, source=source, skipped=skipped, seed=seed,
+                  img_size=img_size, source=source, skipped=skipped, scan=scan, fingerprint=current, seed=seed,
                   test_frac=test_frac, val_frac=val_frac, max_per_class=max_per_class)
+
+
+def _split_fingerprint(root: Path, classes, paths: list[str], labels: torch.Tensor, seed: int,
+                       test_frac: float, val_frac: float) -> str:
+    """The fingerprint of the split `paths` would get if every file decodes."""
+    return _fingerprint(root, classes, paths, *_split_indices(labels, classes, seed, test_frac, val_frac))
+
+
+def _fingerprint(root: Path, classes, paths: list[str], train_i, val_i, test_i) -> str:
+    rel = split_fingerprint.relative_names(paths, root)
+    return split_fingerprint.make(classes, {"train": [rel[i] for i in train_i], "val": [rel[i] for i in val_i],
+                                            "test": [rel[i] for i in test_i]})
 
 
 def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
@@ -490,8 +506,8 @@ def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
     if list(data_classes) == list(model_classes):
         return
 
-    def show(names: list[str]) -> str:
-        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    def listed(names: list[str]) -> str:
+        return ", ".join(show(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
     missing = [c for c in model_classes if c not in data_classes]
     extra = [c for c in data_classes if c not in model_classes]
@@ -499,8 +515,8 @@ def check_classes(data_classes: list[str], model_classes: list[str]) -> None:
         diff = "the same classes in a different order"
     else:
         diff = "; ".join(part for part in (
-            f"missing from the data: {show(missing)}" if missing else "",
-            f"not known to the model: {show(extra)}" if extra else "") if part)
+            f"missing from the data: {listed(missing)}" if missing else "",
+            f"not known to the model: {listed(extra)}" if extra else "") if part)
     raise DataError(f"dataset classes do not match the model's ({len(data_classes)} vs "
                     f"{len(model_classes)}: {diff}); pass the --data the model was trained on, "
                     "or a checkpoint trained on this data")

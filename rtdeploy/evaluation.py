@@ -1,6 +1,7 @@
 """`eval` and `info` as library calls on a checkpoint."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from .errors import ConfigError
 from .models import attention_blocks, layer_widths
 from .models.complexity import count_macs_params
 from .train import evaluate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,16 +52,24 @@ def train_seed(meta: ModelMeta) -> int:
 
 
 def split_settings(meta: ModelMeta) -> dict:
-    """seed, test_frac, val_frac and max_per_class of the training run (defaults when unrecorded)."""
+    """seed, test_frac, val_frac and max_per_class of the training run (defaults when unrecorded),
+    and the split's fingerprint when recorded: load_splits refuses data that no longer gives that
+    split. This dict is also the ONNX file's `rtdeploy.split`, so bench checks it the same way."""
     rec = _train_record(meta)
     out = {"seed": rec.get("seed", 0), "test_frac": rec.get("test_frac", 0.3), "val_frac": rec.get("val_frac", 0.0)}
     if rec.get("max_per_class") is not None:
         out["max_per_class"] = rec["max_per_class"]
+    if meta.split_fingerprint is not None:
+        out["fingerprint"] = meta.split_fingerprint
     return out
 
 
 def splits_for(meta: ModelMeta, data: str | None, *, data_root=None, load=load_splits, **kwargs):
-    """The checkpoint's own split of `data`: same seed, fractions, size and normalisation as in training."""
+    """The checkpoint's own split of `data`: same seed, fractions, size and normalisation as in
+    training, and (when the checkpoint records it) the very same files in each split."""
+    if meta.split_fingerprint is None:
+        log.warning("rtdeploy: warning: this checkpoint records no split fingerprint (saved by an older "
+                    "rtdeploy), so it cannot be checked that --data still gives its training split")
     settings = {**split_settings(meta), **kwargs}
     splits = load(data, data_root=data_root, img_size=meta.img_size, mean=meta.mean, std=meta.std, **settings)
     check_classes(splits.classes, meta.classes)

@@ -27,11 +27,14 @@ def test_train_writes_checkpoint_summary_and_resume_state(trained, tmp_path):
     assert out.exists() and (tmp_path / "m.pt.last").exists()
     summary = json.loads((tmp_path / "m.json").read_text())
     split = summary["split"]
-    assert summary["arch"] == "tiny_se" and split["val"] == 0 and split["train"] + split["test"] == 24
+    # the default recipe holds out a validation split (10 % of each class, at least one image)
+    assert summary["arch"] == "tiny_se" and split["val"] == 3 and split["train"] + split["val"] + split["test"] == 24
     assert split["test"] == 6  # 30 % of 8 per class, stratified: 2 per class
     assert len(summary["epochs"]) == 2 and 0 <= summary["best_accuracy"] <= 1
+    assert summary["eval_split"] == "val" and summary["selected_on"] == "validation split"
+    assert 0 <= summary["test_accuracy"] <= 1
     assert "torch" in summary["versions"]
-    assert "best test accuracy" in stdout
+    assert "val accuracy" in stdout and "test accuracy" in stdout
 
 
 def test_eval_and_info_read_the_checkpoint(cli, trained, tmp_path):

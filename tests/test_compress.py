@@ -48,11 +48,12 @@ def test_compress_cli_end_to_end(trained, tmp_path, capsys):
                             "--report", report_path)
     assert code == 0, err
     r = json.loads(report_path.read_text())
-    assert r["criterion"] == "cap" and r["ratio"] == 0.5 and r["seed"] == 0
+    assert r["criterion"] == "cap" and r["ratio"] == 0.5 and r["seed"] == 0  # auto: cap for an SE model
     assert set(r["params"]) == {"before", "after"} and set(r["macs"]) == {"before", "after"}
     assert all(isinstance(v, int) for v in (*r["params"].values(), *r["macs"].values()))
     assert r["macs"]["after"] < 0.5 * r["macs"]["before"] and r["params"]["after"] < r["params"]["before"]
-    assert set(r["accuracy"]) == {"original", "folded", "pruned", "finetuned", "finetuned_last"}
+    assert set(r["accuracy"]) == {"original", "folded", "pruned", "finetuned", "finetuned_selection",
+                                  "finetuned_last_epoch_eval"}
     assert all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in r["accuracy"].values())
     assert {"capture", "fold", "prune", "finetune", "save"} <= set(r["seconds"])
     assert all(v >= 0 for v in r["seconds"].values())
@@ -121,7 +122,8 @@ def _tiny_checkpoint(path: Path, classes: list[str]) -> Path:
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, capsys, case):
     data, ckpt = trained
     args = {"ratio": [ckpt, "--ratio", 1.5], "round_to": [ckpt, "--round-to", 0],
-            "cap_without_se": [_tiny_checkpoint(tmp_path / "tiny.pt", ["class_0", "class_1", "class_2"])],
+            "cap_without_se": [_tiny_checkpoint(tmp_path / "tiny.pt", ["class_0", "class_1", "class_2"]),
+                               "--criterion", "cap"],
             "classes": [ckpt], "existing_out": [ckpt]}[case]
     if case == "classes":
         data = make_image_folder(tmp_path / "other", n_classes=3, per_class=4, size=40, class_names=["a", "b", "c"])

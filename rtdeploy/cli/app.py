@@ -6,6 +6,8 @@ both stop at a clean point and leave the last complete checkpoint in place.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
 import sys
@@ -13,6 +15,7 @@ import sys
 import typer
 
 from ..errors import RtdeployError
+from ..names import show
 
 app = typer.Typer(
     name="rtdeploy", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,13 +46,17 @@ def _rank() -> int:
 
 
 def _fail(message: str, code: int, shared: bool = True) -> int:
-    """Print the one error line. Under torchrun, errors every rank meets alike (bad input, an
-    interrupt, a peer gone) are printed by rank 0 alone; a rank's own failure names the rank."""
+    """The one error line. show() escapes newlines and other control characters, so whatever a
+    message holds (a file name, an option value, a library's text) it stays one line and cannot
+    forge a second `rtdeploy: error:` line. Under torchrun, errors every rank meets alike (bad
+    input, an interrupt, a peer gone) are printed by rank 0 alone; a rank's own failure names it."""
     if _rank() != 0:
         if shared:
             return code
         message = f"rank {_rank()}: {message}"
-    print(f"rtdeploy: error: {message}", file=sys.stderr)
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):  # stderr closed too: the exit code still tells
+            print(f"rtdeploy: error: {show(message)}", file=sys.stderr, flush=True)
     return code
 
 
@@ -58,14 +65,19 @@ def _dist():
     return sys.modules.get(f"{__package__.rsplit('.', 1)[0]}.distributed")
 
 
+# Out of memory as torch (CPU and CUDA) and the OS word it; anything else is an internal error.
+_OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
 def _explain(e: BaseException) -> tuple[str, int]:
     """Known runtime failures with the flag that fixes them; anything else is an internal error."""
     text = str(e)
     dist = _dist()
     if dist is not None and dist.peer_failure(e):
         return dist.PEER_FAILED, 1
-    if isinstance(e, MemoryError) or "out of memory" in text.lower():
-        return "out of memory; lower --batch-size (or --img-size)", 1
+    if isinstance(e, MemoryError) or any(t in text.lower() for t in _OOM_TEXTS) \
+            or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
+        return "out of memory; lower --batch-size (or --img-size), or free memory and retry", 1
     if "DataLoader worker" in text:
         return "a data loader worker crashed; retry with --workers 0", 1
     if isinstance(e, FloatingPointError):
@@ -74,16 +86,29 @@ def _explain(e: BaseException) -> tuple[str, int]:
     return f"internal error: {type(e).__name__}: {first} (set RTDEPLOY_DEBUG=1 for the traceback)", 1
 
 
+def _stdout_lost() -> int:
+    """stdout was closed or its reader went away (`>&-`, `| head`): say so once, and point stdout
+    at /dev/null so Python's final flush does not print a second complaint."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return _fail("standard output is closed or its reader went away; redirect it to a file "
+                 "(or /dev/null) instead of closing it", 1)
+
+
 def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.stdout is None:  # started with stdout closed ('>&-'): nowhere to put the results
+        return _fail("standard output is closed; redirect it to a file (or /dev/null) instead of closing it", 2)
     try:
         result = app(args=argv, standalone_mode=False)
         if result == 130:  # Typer turns Ctrl-C inside a command into a returned 130
             return _fail(INTERRUPTED, 130)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         if _dist() is not None:
             _dist().shutdown()  # leave the torchrun process group cleanly
         return result if isinstance(result, int) else 0
@@ -99,11 +124,24 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{e.format_message()}{hint}", e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         return _fail(INTERRUPTED, 130)
+    except (BrokenPipeError, ValueError, OSError) as e:
+        if _stdout_broken(e):
+            return _stdout_lost()
+        if _debug():
+            raise
+        return _fail(*_explain(e))
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _debug():
             raise
         message, code = _explain(e)
         return _fail(message, code, shared=_dist() is not None and _dist().peer_failure(e))
+
+
+def _stdout_broken(e: BaseException) -> bool:
+    """A write to stdout failed: its pipe closed (EPIPE), its fd is invalid (EBADF) or the stream closed."""
+    if isinstance(e, BrokenPipeError) or (isinstance(e, OSError) and e.errno in (errno.EPIPE, errno.EBADF)):
+        return True
+    return isinstance(e, ValueError) and "closed file" in str(e) and sys.stdout.closed
 
 
 def run() -> None:

@@ -10,9 +10,9 @@ from rich.markup import escape
 
 from .. import report as fmt
 from ..errors import ConfigError
-from ..fsutil import check_output, write_text
+from ..fsutil import plan_outputs, write_text
 from .app import app
-from .common import Data, DataRoot, Force, JsonOut, console, err_console, load_data, progress
+from .common import Data, DataRoot, Force, JsonOut, console, data_input, err_console, load_data, progress
 
 
 def int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -57,8 +57,7 @@ def bench(
     cfg = BenchConfig(provider=provider, batch_sizes=int_list(batch_sizes, "--batch-sizes"),
                       threads=int_list(threads, "--threads"), warmup=warmup, runs=runs, seconds=seconds,
                       graph_opt=graph_opt, torch=torch, isolate=isolate)
-    for path, flag in ((json_out, "--json"), (markdown, "--markdown"), (plot, "--plot")):
-        check_output(path, force=force, flag=flag)
+    plan_outputs([*models, data_input(data)], {"--json": json_out, "--markdown": markdown, "--plot": plot}, force=force)
     if plot:
         from ..plots import _pyplot
 

@@ -2,42 +2,70 @@
 from __future__ import annotations
 
 import contextlib
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import report as fmt
+from ..defaults import COMPRESS_RECIPES, resolve
 from ..errors import ConfigError
-from ..fsutil import check_output
+from ..fsutil import check_file_name, plan_outputs
+from ..fields import MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
 from .app import app
-from .common import (Augment, BatchSize, CropScale, Data, DataCache, DataRoot, Device, Epochs, Force, LabelSmoothing, Lr, Momentum, Schedule, SkipBad, WeightDecay,
-                     Workers, console, load_data, progress)
+from .common import (Data, DataCache, DataRoot, Device, Force, SkipBad, Workers, bounded, console, data_input, load_data, progress,
+                     recipe_option)
+
+MAX_ROUND_TO = 1024         # channels are rounded to multiples of this; wider than any layer
+MAX_LOSS_WEIGHT = 1e6       # --r1/--r2: finite weights; the AML terms are O(1)
+MAX_KD_TEMPERATURE = 1e4
 
 Ckpt = Annotated[Path, typer.Argument(help="The trained checkpoint to compress (from 'rtdeploy train').")]
-Criterion = Annotated[str, typer.Option(
-    "--criterion", help="Channel ranking: cap (RemoteTrimmer: |gamma| x mean SE attention, needs an SE model), "
-                        "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random.")]
-Ratio = Annotated[Optional[float], typer.Option(
-    "--ratio", help="Share of channels removed per layer (local) or overall (global), in (0, 1); "
-                    "0.7 (the paper's) unless --target-macs is given.", show_default=False)]
+C = COMPRESS_RECIPES
+
+
+def _opt(flag: str, field: str, text: str, low=None, high=None, **bounds):
+    check = bounded(flag, low, high, **bounds) if low is not None else None
+    return recipe_option(C, flag, field, text, check)
+
+
+Criterion = Annotated[Optional[str], _opt(
+    "--criterion", "criterion", "Channel ranking: cap (RemoteTrimmer: |gamma| x mean SE attention, needs an SE model), "
+                                "bn (network slimming), l1, l2 (filter norms), taylor, fpgm, lamp, random; auto = cap "
+                                "for a model with SE blocks, else l1.")]
+Ratio = Annotated[Optional[float], _opt(
+    "--ratio", "ratio", "Share of channels removed per layer (local) or overall (global), in (0, 1); not with "
+                        "--target-macs.", 0, 1, low_open=True, high_open=True)]
 TargetMacs = Annotated[Optional[float], typer.Option(
-    "--target-macs", help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); "
-                          "the ratio is searched.")]
-Scope = Annotated[str, typer.Option("--scope", help="local: the same ratio in every layer (the paper's); "
-                                                    "global: one ranking over all layers.")]
-RoundTo = Annotated[int, typer.Option(
-    "--round-to", help="Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
-                       "MACs); 1 = no rounding.")]
-Loss = Annotated[str, typer.Option("--loss", help="Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
-R1 = Annotated[float, typer.Option("--r1", help="AML weight of the hard-sample term exp(d + d^2).")]
-R2 = Annotated[float, typer.Option("--r2", help="AML weight of the cross-entropy term.")]
-Distill = Annotated[bool, typer.Option("--distill/--no-distill", help="Also distil from the unpruned model (beyond the paper).")]
-KdTemperature = Annotated[float, typer.Option("--kd-temperature", help="Distillation temperature.")]
-KdWeight = Annotated[float, typer.Option("--kd-weight", help="Share of the distillation term in the loss, in (0, 1].")]
-CalibImages = Annotated[int, typer.Option("--calib-images", help="Train images used to measure the mean SE attention.")]
+    "--target-macs", callback=bounded("--target-macs", 0, 1, low_open=True, high_open=True),
+    help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); the ratio is searched.")]
+Scope = Annotated[Optional[str], _opt("--scope", "scope", "local: the same ratio in every layer (the paper's); "
+                                                          "global: one ranking over all layers.")]
+RoundTo = Annotated[Optional[int], _opt(
+    "--round-to", "round_to", "Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
+                              "MACs); 1 = no rounding.", 1, MAX_ROUND_TO, integer=True)]
+Loss = Annotated[Optional[str], _opt("--loss", "loss", "Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
+R1 = Annotated[Optional[float], _opt("--r1", "r1", "AML weight of the hard-sample term exp(d + d^2).", 0, MAX_LOSS_WEIGHT)]
+R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entropy term.", 0, MAX_LOSS_WEIGHT)]
+Distill = Annotated[Optional[bool], _opt("--distill/--no-distill", "distill", "Also distil from the unpruned model (beyond the paper; each step then also runs the unpruned model).")]
+KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperature", "Distillation temperature.", 0, MAX_KD_TEMPERATURE, low_open=True)]
+KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].", 0, 1, low_open=True)]
+CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.", 1, MAX_IMAGES, integer=True)]
+FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).", 1, MAX_EPOCHS, integer=True)]
+FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step (under torchrun: the global batch, split across the processes).", 2, MAX_BATCH, integer=True)]
+FtLr = Annotated[Optional[float], _opt("--lr", "lr", "Peak fine-tuning learning rate.", 0, MAX_LR, low_open=True)]
+FtMomentum = Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum.", 0, 1, high_open=True)]
+FtWd = Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.", 0, MAX_WEIGHT_DECAY)]
+FtSchedule = Annotated[Optional[str], _opt("--schedule", "schedule", "LR schedule: cosine, step, onecycle, constant.")]
+FtSelect = Annotated[Optional[str], _opt("--select", "select", "Which fine-tuning epoch to keep: val (the parent's validation split; the last epoch unless an earlier one is significantly better; the last epoch when the parent has no validation split), test (the paper's protocol; labelled so), last.")]
+FtAugment = Annotated[Optional[bool], _opt("--augment/--no-augment", "augment", "Random flips and 90-degree rotations of training images while fine-tuning.")]
+FtCrop = Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: random square crops of this..1 of the area (1 = off).", 0, 1, low_open=True)]
+FtSmoothing = Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term while fine-tuning.", 0, 1, high_open=True)]
+Recipe = Annotated[str, typer.Option("--recipe", help="Where unset options take their defaults: 'default' (the best recipe we measured: see README 'Defaults') or 'paper' (RemoteTrimmer's one-shot CAP + AML, 30 epochs, best epoch chosen on the TEST split). Options you pass override it.")]
 FinetuneSeed = Annotated[int, typer.Option(
-    "--seed", help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
+    "--seed", callback=bounded("--seed", 0, MAX_SEED, integer=True), help="Seed for calibration sampling, random ranking and fine-tuning (the split always "
                    "follows the checkpoint's training run).")]
 Out = Annotated[Path, typer.Option("--out", help="Pruned checkpoint to write.")]
 ReportOut = Annotated[Optional[Path], typer.Option(
@@ -49,52 +77,109 @@ _ROW_LABELS = {"original": "original", "folded": "folded (SE stripped)", "pruned
 @app.command()
 def compress(
     ckpt: Ckpt, out: Out,
-    data: Data = None, data_root: DataRoot = None, skip_bad_images: SkipBad = False,
-    criterion: Criterion = "cap", ratio: Ratio = None, target_macs: TargetMacs = None, scope: Scope = "local",
-    round_to: RoundTo = 8, loss: Loss = "aml", r1: R1 = 1.0, r2: R2 = 1.0,
-    # lr 0.01 (the paper's fine-tuning lr, 5x below training from scratch) with momentum and
-    # cosine decay: the pruned net keeps its inherited weights and converges in ~30 epochs.
-    epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.01, momentum: Momentum = 0.9,
-    weight_decay: WeightDecay = 5e-4, schedule: Schedule = "cosine",
-    distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
-    augment: Augment = False, crop_scale: CropScale = 1.0, label_smoothing: LabelSmoothing = 0.0, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
+    data: Data = None, data_root: DataRoot = None, skip_bad_images: SkipBad = False, recipe: Recipe = "default",
+    criterion: Criterion = None, ratio: Ratio = None, target_macs: TargetMacs = None, scope: Scope = None,
+    round_to: RoundTo = None, loss: Loss = None, r1: R1 = None, r2: R2 = None,
+    epochs: FtEpochs = None, batch_size: FtBatch = None, lr: FtLr = None, momentum: FtMomentum = None,
+    weight_decay: FtWd = None, schedule: FtSchedule = None, select: FtSelect = None,
+    distill: Distill = None, kd_temperature: KdTemperature = None, kd_weight: KdWeight = None,
+    augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
+    calib_images: CalibImages = None, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
-    """Prune a trained checkpoint with channel attention pruning, then fine-tune it.
+    """Prune a trained checkpoint (channel attention pruning where it has SE blocks), then fine-tune it.
 
-    Stages: evaluate -> capture the mean SE attention -> fold it into BatchNorm and strip SE ->
-    prune channels (torch-pruning) -> fine-tune (adaptive mining loss) -> save. Accuracies are
-    measured on the checkpoint's own test split.
+    Stages: evaluate -> capture the mean SE attention -> fold it into BatchNorm and strip SE -> prune channels (torch-pruning) -> fine-tune -> save. Accuracies are measured on the checkpoint's own test split; the kept fine-tuning epoch is chosen on its validation split.
 
-    Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --ratio 0.7 --epochs 30 --out runs/cap70.pt
+    Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --out runs/pruned.pt
     """
-    from ..compress import CompressConfig, compress as run_compress, planned_stages, preflight
+    from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
     from ..distributed import setup as setup_distributed
     from ..evaluation import splits_for
     from ..prune import PruneConfig
-    from ..train import TrainConfig
 
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either --ratio or --target-macs, not both")
+    r = resolve(C, recipe, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, loss=loss, r1=r1, r2=r2,
+                epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
+                augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images)
     cfg = CompressConfig(
-        criterion=criterion, loss=loss, r1=r1, r2=r2, distill=distill, kd_temperature=kd_temperature,
-        kd_weight=kd_weight, calib_images=calib_images,
-        prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs),
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                          label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
-    report = report or out.with_suffix(".json")
-    check_output(out, force=force or resume is not None)
-    check_output(report, force=force or resume is not None, flag="--report")
+        criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
+        kd_weight=r.kd_weight, calib_images=r.calib_images,
+        prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs),
+        train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
+    epochs = r.epochs
+    report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
+    report = report or check_file_name("--out", out).with_suffix(".json")
+    _plan(ckpt, out, (report_flag, report), data, resume, force)
+    if resume is not None:
+        _check_resume(resume)
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
-                        augment=augment, crop_scale=crop_scale, data_cache=data_cache)
+                        augment=r.augment, crop_scale=r.crop_scale, data_cache=data_cache)
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
+
+
+def _plan(ckpt: Path, out: Path, report: tuple[str, Path | None], data: str | None, resume: Path | None,
+          force: bool) -> None:
+    """compress writes '<out>', '<out>.last' and the report; --resume continues (and replaces) them."""
+    from ..checkpoint import resume_path
+
+    inputs = [ckpt, data_input(data)]
+    if resume is not None and os.path.realpath(resume) != os.path.realpath(resume_path(out)):
+        inputs.append(resume)
+    plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out), report[0]: report[1]},
+                 force=force or resume is not None)
+
+
+def _check_resume(path: Path) -> None:
+    """--resume loads and holds an intact fine-tuning state: checked before any image is decoded."""
+    from ..checkpoint import build_model, read_checkpoint
+    from ..errors import CheckpointError
+    from ..fields import FieldError
+    from ..names import show
+    from ..train.job import check_train_state
+
+    meta, _, state = read_checkpoint(path)
+    if not isinstance(state.get("compress"), dict) or not isinstance(state.get("finetune"), dict) \
+            or not isinstance(state.get("settings"), str):
+        raise CheckpointError(f"--resume {show(path)} is not the '<out>.last' file of an interrupted compress run; "
+                              f"pass that file, or start again without --resume")
+    check_train_state(state["finetune"], path, build_model(meta, path))
+    try:
+        check_compress_context(state["compress"])
+    except FieldError as e:
+        raise CheckpointError(f"--resume {show(path)} has a damaged compress state: {e}; "
+                              f"start again without --resume") from e
+
+
+def check_compress_context(ctx: dict) -> None:
+    """The stage results compress stored in '<out>.last' (see compress._saver), used on resume."""
+    from ..fields import dict_of, integer, list_of_dicts, number, text
+
+    for key in ("fold", "prune", "accuracy", "seconds"):
+        if ctx.get(key) is not None or key != "fold":
+            dict_of(ctx.get(key), f"state.compress.{key}")
+    if ctx.get("kept_reason") is not None:
+        text(ctx["kept_reason"], "state.compress.kept_reason")
+    number(ctx["prune"].get("ratio"), "state.compress.prune.ratio", 0, 1)
+    for k, v in ctx["accuracy"].items():
+        if v is not None:
+            number(v, f"state.compress.accuracy.{k}", 0, 1)
+    for k, v in ctx["seconds"].items():
+        number(v, f"state.compress.seconds.{k}", 0, 1e12)
+    for row in list_of_dicts(ctx.get("rows"), "state.compress.rows"):
+        text(row.get("stage"), "state.compress.rows stage")
+        integer(row.get("params"), "state.compress.rows params", 0, 10**13)
+        integer(row.get("macs"), "state.compress.rows macs", 0, 10**16)
+        number(row.get("accuracy"), "state.compress.rows accuracy", 0, 1)
 
 
 @contextlib.contextmanager
@@ -140,10 +225,13 @@ def _render(r, out: Path, report: Path) -> None:
     base = r.stages[0]
     rows = [{"stage": _ROW_LABELS[s["stage"]], "params": fmt.human_count(s["params"]),
              "MACs": fmt.human_count(s["macs"]), "MACs vs original": f"{s['macs'] / max(base['macs'], 1):.3f}",
-             "accuracy": fmt.pct(s["accuracy"])} for s in r.stages]
+             "test accuracy": fmt.pct(s["accuracy"])} for s in r.stages]
     title = (f"rtdeploy compress: {r.arch}, {r.criterion} at ratio {r.ratio:.3g} "
              f"({r.settings['prune']['scope']}, round-to {r.settings['prune']['round_to']})")
     console.print(fmt.rich_table(rows, title=title))
+    ft = r.finetune
+    console.print(f"kept fine-tuning epoch {ft['best_epoch']} of {len(ft['epochs'])}, selected on: {r.selected_on}"
+                  + ("  [bold red](test accuracy selected on test: optimistic)[/]" if r.selected_on.startswith("test") else ""))
     times = [{"stage": k.replace("_", " "), "seconds": f"{v:.1f}"} for k, v in r.seconds.items()]
     console.print(fmt.rich_table(times, title="time per stage"))
     console.print(f"wrote {out} and {report}")

@@ -7,30 +7,32 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
-from ..fsutil import check_output, write_text
+from ..defaults import OPSET
+from ..fields import MAX_BATCH, MAX_IMAGES
+from ..fsutil import check_file_name, plan_outputs, write_text
 from .app import app
-from .common import Data, DataRoot, Force, console, err_console, load_data
+from .common import Data, DataRoot, Force, bounded, console, data_input, err_console, load_data
 
-OPSET_DEFAULT = 17  # == rtdeploy.export.DEFAULT_OPSET (not imported here: keeps --help fast)
+MAX_TOLERANCE = 1e6  # --atol/--rtol: finite; logits differ by far less
 
 
 @app.command()
 def export(
     ckpt: Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")],
     out: Annotated[Path, typer.Option("--out", help="ONNX file to write; with --int8 the INT8 copy goes beside it as <name>.int8.onnx.")],
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = OPSET_DEFAULT,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = OPSET,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch dimension, or a fixed one (--batch-size).")] = True,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="The fixed batch of a --static-batch graph.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", callback=bounded("--batch-size", 1, MAX_BATCH, integer=True), help="The fixed batch of a --static-batch graph.")] = 1,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxsim, onnxslim or none.")] = "onnxsim",
     data: Data = None, data_root: DataRoot = None,
-    atol: Annotated[float, typer.Option("--atol", help="Parity: allowed max |ONNX - PyTorch| logit difference, plus --rtol x max |logit|.")] = 1e-3,
-    rtol: Annotated[float, typer.Option("--rtol", help="Parity: relative part of the allowed difference.")] = 1e-4,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Parity: minimum top-1 agreement with PyTorch (0-1).")] = 0.99,
-    parity_images: Annotated[int, typer.Option("--parity-images", help="Test images compared with PyTorch (0 = all); 16 random inputs without --data.")] = 256,
+    atol: Annotated[float, typer.Option("--atol", callback=bounded("--atol", 0, MAX_TOLERANCE), help="Parity: allowed max |ONNX - PyTorch| logit difference, plus --rtol x max |logit|.")] = 1e-3,
+    rtol: Annotated[float, typer.Option("--rtol", callback=bounded("--rtol", 0, MAX_TOLERANCE), help="Parity: relative part of the allowed difference.")] = 1e-4,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", callback=bounded("--min-agreement", 0, 1), help="Parity: minimum top-1 agreement with PyTorch (0-1).")] = 0.99,
+    parity_images: Annotated[int, typer.Option("--parity-images", callback=bounded("--parity-images", 0, MAX_IMAGES, integer=True), help="Test images compared with PyTorch (0 = all); 16 random inputs without --data.")] = 256,
     int8: Annotated[bool, typer.Option("--int8", help="Also write a static INT8 (QDQ, per-channel) copy; needs --calib-data.")] = False,
     calib_data: Annotated[Optional[str], typer.Option("--calib-data", help="Images to calibrate INT8 on ('sample', 'eurosat' or a class folder); its train split is used.")] = None,
-    calib_images: Annotated[int, typer.Option("--calib-images", help="How many calibration images.")] = 256,
-    int8_min_agreement: Annotated[float, typer.Option("--int8-min-agreement", help="Fail when INT8 and FP32 top-1 agree on fewer images than this (0-1).")] = 0.9,
+    calib_images: Annotated[int, typer.Option("--calib-images", callback=bounded("--calib-images", 1, MAX_IMAGES, integer=True), help="How many calibration images.")] = 256,
+    int8_min_agreement: Annotated[float, typer.Option("--int8-min-agreement", callback=bounded("--int8-min-agreement", 0, 1), help="Fail when INT8 and FP32 top-1 agree on fewer images than this (0-1).")] = 0.9,
     int8_reduce_range: Annotated[bool, typer.Option("--int8-reduce-range", help="7-bit INT8 weights: avoids overflow in the uint8 x int8 kernels of AVX2 CPUs without VNNI.")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also write the export report as JSON.")] = None,
     force: Force = False,
@@ -49,10 +51,10 @@ def export(
                        tolerance=Tolerance(atol, rtol, min_agreement), parity_images=parity_images, int8=int8,
                        calib_data=calib_data, calib_images=calib_images, int8_min_agreement=int8_min_agreement,
                        int8_reduce_range=int8_reduce_range)
-    check_output(out, force=force)
-    if int8:
-        check_output(int8_path(out), force=force, flag="--out (INT8 copy)")
-    check_output(report, force=force, flag="--report")
+    check_file_name("--out", out)  # before '<out stem>.int8.onnx' is derived from it
+    plan_outputs([ckpt, data_input(data), data_input(calib_data)],
+                 {"--out": out, "--out (its INT8 copy '<out stem>.int8.onnx')": int8_path(out) if int8 else None,
+                  "--report": report}, force=force)
     with err_console.status("exporting") as status:
         r = export_checkpoint(ckpt, out, cfg, data=data, data_root=data_root, load=load_data,
                               on_stage=lambda text: status.update(text))

@@ -14,12 +14,13 @@ import onnx
 import torch
 from torch import nn
 
+from ..defaults import OPSET
 from ..errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-DEFAULT_OPSET = 17  # supported by ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO
+DEFAULT_OPSET = OPSET  # 17: supported by ONNX Runtime >= 1.14, TensorRT >= 8.6 and OpenVINO
 MIN_OPSET = 13      # per-channel QDQ quantisation needs 13
 SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
 

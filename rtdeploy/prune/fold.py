@@ -147,11 +147,17 @@ def _constant_scale_hook(s_bar: torch.Tensor):
 
 @torch.no_grad()
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eval-mode outputs for the fold check, without TF32: on Ampere+ GPUs cuDNN convolutions
+    default to TF32 (10-bit mantissa), whose rounding alone exceeds the check's tolerance."""
     was_training = model.training
     model.eval()
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
-        return model(x.to(next(model.parameters()).device)).float().cpu()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            return model(x.to(next(model.parameters()).device)).float().cpu()
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
         model.train(was_training)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from ..defaults import COMPRESS
 from ..errors import ConfigError, PipelineError
 from ..models.complexity import count_macs_params
 from ..models.layers import attention_blocks
@@ -37,9 +38,9 @@ class PruneConfig:
     block channels by 8, and widths rounded to 8 ran about 2x faster at equal MACs). 1: no rounding.
     `target_macs`: when set, the ratio is searched so that MACs after / before ~= target_macs."""
 
-    ratio: float = 0.7
-    scope: str = "local"
-    round_to: int = 8
+    ratio: float = COMPRESS.ratio
+    scope: str = COMPRESS.scope
+    round_to: int = COMPRESS.round_to
     target_macs: float | None = None
     taylor_batches: int = 8  # calibration batches backpropagated for --criterion taylor
 

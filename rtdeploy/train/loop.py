@@ -22,6 +22,7 @@ from ..data import make_loader
 from ..errors import ConfigError
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate
+from .selection import keep_peak
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,13 @@ class EpochStats:
 @dataclass
 class TrainReport:
     epochs: list[EpochStats] = field(default_factory=list)
-    best_epoch: int = 0
+    best_epoch: int = 0  # the epoch kept (see selection.py) and its eval accuracy
     best_accuracy: float = 0.0
     seconds: float = 0.0
     resumed_from_epoch: int = 0
+    peak_epoch: int = 0  # the epoch with the highest eval accuracy (kept only when the rule says so)
+    peak_accuracy: float = 0.0
+    selection: str = "val"
     world_size: int = 1  # processes (torchrun ranks) that trained together
     backend: str | None = None  # their torch.distributed backend (gloo, nccl); None alone
     rank_digests: list[str] = field(default_factory=list)  # sha256 of the best model on each rank
@@ -86,7 +90,9 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
         on_epoch: Callable[[EpochStats], None] | None = None,
         save: Callable[[nn.Module, dict, TrainReport], None] | None = None,
         resume: dict | None = None) -> tuple[nn.Module, TrainReport]:
-    """Train `model`; return the best model (by eval accuracy) and the report.
+    """Train `model`; return the model of the epoch kept by `cfg.select` (see selection.py:
+    the peak eval epoch, or the last one) and the report. `eval_ds` is the split selection
+    looks at: the validation split, or the test split for the paper's protocol.
 
     `save(best_model, resume_state, report)` runs after every epoch; `resume_state` is plain
     tensors/data (loadable with weights_only) that `resume=` takes back.
@@ -108,7 +114,8 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
         teacher.to(device).eval()
     steps = len(make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed))
     opt, sched = make_optimizer(model, cfg, steps)
-    report, best_state, start = TrainReport(**world.record()), copy.deepcopy(model.state_dict()), 0
+    report = TrainReport(selection=cfg.select, **world.record())
+    best_state, start = copy.deepcopy(model.state_dict()), 0
     if resume:
         start, best_state = _restore(resume, model, opt, sched, report)
     if not world.is_main:
@@ -119,15 +126,16 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
             stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step)
             stats.eval_accuracy = split_accuracy(model, eval_ds, cfg.batch_size, device)
             report.epochs.append(stats)
-            if stats.eval_accuracy > report.best_accuracy or epoch == 0:
-                report.best_epoch, report.best_accuracy = epoch + 1, stats.eval_accuracy
+            if stats.eval_accuracy > report.peak_accuracy or epoch == 0:
+                report.peak_epoch, report.peak_accuracy = epoch + 1, stats.eval_accuracy
                 best_state = copy.deepcopy(model.state_dict())
+            kept = _select(model, best_state, report, cfg.select, len(eval_ds))
             report.seconds = time.perf_counter() - t0
             if on_epoch:
                 on_epoch(stats)
             if save:
-                save(_best(model, best_state), _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
-    best = _best(model, best_state)
+                save(kept, _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
+    best = _select(model, best_state, report, cfg.select, len(eval_ds))
     report.rank_digests = distributed.check_identical(best, "the trained model") if world.enabled else []
     report.rank_peak_rss_mb = distributed.gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     return best, report
@@ -147,6 +155,16 @@ def split_accuracy(model: nn.Module, ds, batch_size: int, device) -> float:
     correct, seen = distributed.all_sum([round(correct), seen])
     # float32 division, as evaluate()'s mean of 0/1 values: the same number one process reports
     return (torch.tensor(correct, dtype=torch.float32) / seen).item() if seen else 0.0
+
+
+def _select(model: nn.Module, peak_state: dict, report: TrainReport, rule: str, n_eval: int) -> nn.Module:
+    """The model of the epoch the rule keeps so far; sets report.best_epoch/best_accuracy."""
+    last = report.epochs[-1]
+    if keep_peak(rule, report.peak_accuracy, last.eval_accuracy, n_eval):
+        report.best_epoch, report.best_accuracy = report.peak_epoch, report.peak_accuracy
+        return _best(model, peak_state)
+    report.best_epoch, report.best_accuracy = last.epoch, last.eval_accuracy
+    return _best(model, model.state_dict())
 
 
 def _best(model: nn.Module, best_state: dict) -> nn.Module:
@@ -200,7 +218,8 @@ def _resume_state(done: int, model, opt, sched, best_state, report: TrainReport)
     return {"epoch": done, "model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()),
             "scheduler": sched.state_dict(), "best_state": best_state,
             "report": {"epochs": [asdict(e) for e in report.epochs], "best_epoch": report.best_epoch,
-                       "best_accuracy": report.best_accuracy, "seconds": report.seconds}}
+                       "best_accuracy": report.best_accuracy, "seconds": report.seconds,
+                       "peak_epoch": report.peak_epoch, "peak_accuracy": report.peak_accuracy}}
 
 
 def _restore(state: dict, model, opt, sched, report: TrainReport) -> tuple[int, dict]:
@@ -210,6 +229,9 @@ def _restore(state: dict, model, opt, sched, report: TrainReport) -> tuple[int, 
     r = state["report"]
     report.epochs = [EpochStats(**e) for e in r["epochs"]]
     report.best_epoch, report.best_accuracy = r["best_epoch"], r["best_accuracy"]
+    # '.last' files written before the selection rule recorded only the peak as "best"
+    report.peak_epoch = r.get("peak_epoch", r["best_epoch"])
+    report.peak_accuracy = r.get("peak_accuracy", r["best_accuracy"])
     report.seconds = r["seconds"]
     report.resumed_from_epoch = state["epoch"]
     return state["epoch"], state["best_state"]

@@ -1,0 +1,224 @@
+"""Issue 11: what the plain commands give, run exactly as a user runs them.
+
+`rtdeploy train --data D --out m.pt` and `rtdeploy compress m.pt --data D --out p.pt` with no
+tuning flags (recipe "default"), 3 seeds; `compress --ratio 0.8`; the paper's protocol as its
+own rows (`--recipe paper` for both commands); other criteria at the default budget
+(`--criterion X`); and the defaults at 32 px and on a half-size subset, to show they are not
+tuned to one setting. Every accuracy is on the test split at the epoch the command kept
+(selected on validation, except the paper rows, which select on test and are labelled so).
+
+    python -m benchmarks.defaults --data ../shared/data/ucmerced [--device cuda] [--jobs 8]
+
+Commands run as subprocesses of the real CLI, `--jobs` at a time; each finished command is
+cached in --runs-dir (re-running skips it). Wall times are the commands' own measurements
+(train: the training loop; compress: its fine-tuning stage), so the fine-tuning budget is
+reported as a ratio to the parent's training time measured on the same machine and load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks import common
+
+VARIANTS = ("32px", "half")
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    out: Path
+    after: list[str] = field(default_factory=list)
+
+
+def _args():
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="auto", help="passed to train/compress (not a tuning flag)")
+    p.add_argument("--jobs", type=int, default=1, help="commands run at once")
+    p.add_argument("--criteria", default="bn,l1,fpgm,random", help="other criteria at the default budget")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="32px and/or half (empty: none)")
+    p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
+                   "benchmark itself uses the commands' default architecture")
+    p.add_argument("--ran-on", default=None, help="with --collect-only: the machine the runs ran on, when it is "
+                   "not this one (its package versions are read from the runs' own JSON)")
+    p.add_argument("--skip-paper", action="store_true", help="leave out the --recipe paper rows")
+    p.add_argument("--collect-only", action="store_true", help="only summarise the runs already in --runs-dir")
+    p.set_defaults(runs_dir=Path("runs/defaults"))
+    return p.parse_args()
+
+
+def _half(data: str, dest: Path) -> str:
+    """The first half (sorted) of every class folder, copied (links would meet the symlink rule)."""
+    if dest.exists():
+        return str(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for cls in sorted(p for p in Path(data).iterdir() if p.is_dir()):
+        files = sorted(f for f in cls.iterdir() if f.is_file())
+        (tmp / cls.name).mkdir(parents=True)
+        for f in files[: len(files) // 2]:
+            shutil.copy2(f, tmp / cls.name / f.name)
+    tmp.rename(dest)
+    return str(dest)
+
+
+def plan(args, runs: Path) -> list[Job]:
+    rt = [sys.executable, "-m", "rtdeploy"]
+    dev = ["--device", args.device] + (["--epochs", "2"] if args.quick else [])  # --quick: a smoke run
+    arch = ["--arch", args.arch] if args.arch else []
+    jobs: list[Job] = []
+
+    def train(name, data, *extra):
+        out = runs / f"{name}.pt"
+        jobs.append(Job(name, [*rt, "train", "--data", data, "--out", str(out), *dev, *arch, *extra], out))
+
+    def compress(name, parent, data, *extra):
+        out = runs / f"{name}.pt"
+        jobs.append(Job(name, [*rt, "compress", str(runs / f"{parent}.pt"), "--data", data, "--out", str(out),
+                               *dev, *extra], out, [parent]))
+
+    data = args.data
+    variants = [v for v in args.variants.split(",") if v]
+    for s in common.seeds(args):
+        seed = ["--seed", str(s)]
+        train(f"parent_s{s}", data, *seed)
+        compress(f"default70_s{s}", f"parent_s{s}", data, *seed)
+        compress(f"default80_s{s}", f"parent_s{s}", data, "--ratio", "0.8", *seed)
+        if not args.skip_paper:
+            train(f"paper_s{s}", data, "--recipe", "paper", *seed)
+            compress(f"paper70_s{s}", f"paper_s{s}", data, "--recipe", "paper", *seed)
+        for c in [c for c in args.criteria.split(",") if c]:
+            compress(f"{c}70_s{s}", f"parent_s{s}", data, "--criterion", c, *seed)
+        if "32px" in variants:
+            train(f"parent32_s{s}", data, "--img-size", "32", *seed)
+            compress(f"default70_32px_s{s}", f"parent32_s{s}", data, *seed)
+        if "half" in variants:
+            half = _half(data, runs / "half_data")
+            train(f"parenthalf_s{s}", half, *seed)
+            compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, *seed)
+    return jobs
+
+
+def run_all(jobs: list[Job], n: int) -> None:
+    """Parents first (compress jobs wait for theirs), at most `n` commands at once."""
+    done = {j.name for j in jobs if j.out.exists() and j.out.with_suffix(".json").exists()}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if n > 1 else "")}
+    env = {k: v for k, v in env.items() if v != ""}
+
+    def one(job: Job) -> None:
+        common.log(f"start {job.name}")
+        log = job.out.with_suffix(".log")
+        with open(log, "w") as fh:
+            rc = subprocess.run(job.argv + ["--force"], stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+        common.log(f"{job.name}: exit {rc}" + ("" if rc == 0 else f" (see {log})"))
+
+    for wave in ([j for j in jobs if not j.after], [j for j in jobs if j.after]):
+        with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+            list(pool.map(one, [j for j in wave if j.name not in done]))
+
+
+def _read(runs: Path, name: str) -> dict | None:
+    f = runs / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def collect(args, runs: Path) -> dict:
+    seeds = common.seeds(args)
+    rows: dict[str, dict] = {}
+
+    def parent_row(key, prefix, label):
+        got = [(s, _read(runs, f"{prefix}_s{s}")) for s in seeds]
+        got = [(s, r) for s, r in got if r]
+        if got:
+            rows[key] = {"label": label, "seeds": [s for s, _ in got],
+                         "test": [r["test_accuracy"] for _, r in got], "seconds": [r["seconds"] for _, r in got],
+                         "selected_on": got[0][1]["selected_on"], "macs": got[0][1]["macs"],
+                         "params": got[0][1]["params"], "kept_epoch": [r["best_epoch"] for _, r in got]}
+
+    def child_row(key, prefix, parent_prefix, label):
+        got = []
+        for s in seeds:
+            c, p = _read(runs, f"{prefix}_s{s}"), _read(runs, f"{parent_prefix}_s{s}")
+            if c and p:
+                got.append((s, c, p))
+        if got:
+            test = [c["accuracy"]["finetuned"] for _, c, _ in got]
+            parent = [p["test_accuracy"] for _, _, p in got]
+            rows[key] = {"label": label, "seeds": [s for s, _, _ in got], "test": test, "parent": parent,
+                         "vs_parent": common.paired(test, parent),
+                         "seconds": [c["seconds"]["finetune"] for _, c, _ in got],
+                         "time_vs_parent": [c["seconds"]["finetune"] / p["seconds"] for _, c, p in got],
+                         "criterion": got[0][1]["criterion"], "ratio": got[0][1]["ratio"],
+                         "macs": got[0][1]["macs"]["after"], "params": got[0][1]["params"]["after"],
+                         "selected_on": got[0][1].get("selected_on", "test"),
+                         "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got]}
+
+    parent_row("train", "parent", "rtdeploy train (defaults)")
+    parent_row("train_paper", "paper", "rtdeploy train --recipe paper")
+    child_row("compress70", "default70", "parent", "rtdeploy compress (defaults, ratio 0.7)")
+    child_row("compress80", "default80", "parent", "rtdeploy compress --ratio 0.8")
+    child_row("compress70_paper", "paper70", "paper", "rtdeploy compress --recipe paper (on the paper parent)")
+    for c in [c for c in args.criteria.split(",") if c]:
+        child_row(f"criterion_{c}", f"{c}70", "parent", f"rtdeploy compress --criterion {c}")
+    parent_row("train_32px", "parent32", "rtdeploy train --img-size 32")
+    child_row("compress70_32px", "default70_32px", "parent32", "rtdeploy compress (32 px parent)")
+    parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
+    child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
+    return rows
+
+
+def markdown(rows: dict, prov: dict) -> str:
+    m = prov["machine"]
+    lines = ["# The plain commands (issue 11): defaults vs. the paper's protocol", "",
+             f"UC Merced ({prov['data']}), SE-ResNet18, seeds {prov['seeds']}, run on "
+             f"{m.get('ran_on') or m.get('gpu') or m['cpu']} "
+             f"(device `{prov['settings']['device']}`). Test accuracy (%) of the model each command kept, mean ± std over "
+             "seeds; 'vs parent' is the paired difference with its 95 % Student t half-width. Time: the fine-tuning "
+             "stage's wall time over the parent's training time, same machine.", "",
+             "| command | kept by | test accuracy | vs parent | MACs | params | time vs parent | kept epoch |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows.values():
+        vs = ""
+        if "vs_parent" in row:
+            d = row["vs_parent"]
+            vs = f"{100 * d['diff']:+.2f} ± {100 * d['ci95']:.2f}" + (" **outside noise**" if d["outside_noise"] else "")
+        t = f"{sum(row['time_vs_parent']) / len(row['time_vs_parent']):.3f}" if "time_vs_parent" in row else "-"
+        sel = row["selected_on"] + (" (optimistic)" if row["selected_on"].startswith("test") else "")
+        lines.append(f"| {row['label']} | {sel} | {common.pm(row['test'])} | {vs or '-'} | "
+                     f"{row['macs'] / 1e6:.1f} M | {row['params'] / 1e6:.2f} M | {t} | "
+                     f"{', '.join(str(e) for e in row['kept_epoch'])} |")
+    lines += ["", f"Command: `{prov['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = _args()
+    runs = common.runs_dir(args)
+    jobs = plan(args, runs)
+    if not args.collect_only:
+        run_all(jobs, args.jobs)
+    rows = collect(args, runs)
+    prov = common.provenance(args, {"device": args.device, "jobs": args.jobs, "criteria": args.criteria,
+                                    "variants": args.variants, "recipes": "rtdeploy/defaults.py"})
+    if args.device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            prov["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    if args.ran_on:
+        prov["machine"] = {**prov["machine"], "ran_on": args.ran_on, "summarised_on": prov["machine"]["cpu"]}
+        first = next(iter(runs.glob("parent_s*.json")), None)
+        prov["versions"] = json.loads(first.read_text())["versions"] if first else {}
+    payload = {"provenance": prov, "rows": rows}
+    common.write_results(args, "defaults", payload, markdown(rows, prov))
+
+
+if __name__ == "__main__":
+    main()
