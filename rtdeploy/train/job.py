@@ -170,7 +170,7 @@ def _check_state_fields(state: dict, model: torch.nn.Module) -> None:
     _check_optimizer(dict_of(state.get("optimizer"), "state.optimizer"), [p.shape for p in model.parameters()])
     _check_scheduler(dict_of(state.get("scheduler"), "state.scheduler"))
     report = dict_of(state.get("report"), "state.report")
-    known_keys(report, "state.report", ("epochs", "best_epoch", "best_accuracy", "seconds"))
+    known_keys(report, "state.report", ("epochs", "best_epoch", "best_accuracy", "seconds", "peak_epoch", "peak_accuracy"))
     epochs = list_of_dicts(report.get("epochs"), "state.report.epochs")
     for entry in epochs:
         known_keys(entry, "state.report.epochs entry", _EPOCH_FIELDS)
