@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import distributed
 from .attention import capture_attention
 from .checkpoint import ModelMeta, load_checkpoint, read_checkpoint, resume_path, save_checkpoint
 from .data import check_classes, make_loader
@@ -29,7 +30,8 @@ from .models import has_attention
 from .models.complexity import count_macs_params
 from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
                     clear_attention_marks, fold_attention, fold_plan, prune_model)
-from .train import Distilled, TrainConfig, create_loss, evaluate, fit, resolve_device
+from .train import Distilled, TrainConfig, create_loss, fit, resolve_device
+from .train.loop import split_accuracy
 from .train.losses import LOSSES
 from .train.selection import selection_split
 
@@ -116,6 +118,7 @@ class CompressReport:
     prune: dict
     finetune: dict
     settings: dict
+    distributed: dict = field(default_factory=dict)  # {"world_size", "backend", "rank_digests"} (torchrun)
     versions: dict = field(default_factory=versions)
 
 
@@ -209,7 +212,7 @@ class _Run:
     def measure(self, stage: str, model: nn.Module) -> None:
         """Accuracy on the test split, params and MACs of `model` after `stage`."""
         with self.stages.run(f"evaluate_{stage}", f"evaluate the {stage} model") as ev:
-            acc = self.accuracy[stage] = evaluate(model, self.splits.test, 128, self.device).accuracy
+            acc = self.accuracy[stage] = split_accuracy(model, self.splits.test, 128, self.device)
             macs, params = count_macs_params(model, self.splits.img_size)
             self.rows.append({"stage": stage, "params": params, "macs": macs, "accuracy": acc})
             ev.detail = f"accuracy {100 * acc:.2f} %"
@@ -324,6 +327,8 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
         run.rows[:] = context["rows"]
         run.stages.seconds.update(context["seconds"])
         model.to(run.device)
+    # Under torchrun every rank captured, folded and pruned the same data the same way; prove it.
+    distributed.check_identical(model, "the pruned model")
     fold, kept_reason, pruned = context["fold"], context["kept_reason"], context["prune"]
     save = _saver(run, model, meta, {k: context[k] for k in ("fold", "kept_reason", "prune")}, resume_path(out))
     best, tr = _finetune(run, model, teacher, on_step, on_epoch, save, state)
@@ -335,7 +340,8 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     with run.stages.run("save", f"save {out}"):
         meta = copy.deepcopy(meta)
         meta.history.append(_history(cfg, pruned["ratio"], run.accuracy, run.rows[-1], splits.source))
-        _save_and_verify(out, best, meta, next(iter(make_loader(splits.test, 8, shuffle=False)))[0])
+        if distributed.info().is_main:  # one writer; every rank holds the same model (checked in fit)
+            _save_and_verify(out, best, meta, next(iter(make_loader(splits.test, 8, shuffle=False)))[0])
     report = CompressReport(
         criterion=cfg.criterion, ratio=pruned["ratio"],
         params={"before": run.rows[0]["params"], "after": run.rows[-1]["params"]},
@@ -349,7 +355,7 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
                   "peak_epoch": tr.peak_epoch, "peak_accuracy": tr.peak_accuracy,
                   "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch,
                   "augment": splits.train.augment, "crop_scale": splits.train.crop_scale},
-        settings=asdict(cfg))
-    if report_path is not None:
+        settings=asdict(cfg), distributed={**distributed.info().record(), "rank_digests": tr.rank_digests})
+    if report_path is not None and distributed.info().is_main:
         write_json(report_path, asdict(report))
     return report

@@ -7,12 +7,10 @@ function of `seed` (and the epoch), never of the worker count or global RNG stat
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,9 +21,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from rtdeploy import distributed, imagestore
 from rtdeploy import fingerprint as split_fingerprint
 from rtdeploy.errors import ConfigError, DataError
-from rtdeploy.imagefile import failure_reason, loaded_image
+from rtdeploy.imagefile import check_pixels, failure_reason, loaded_image, open_regular
 from rtdeploy.names import show
 from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
 
@@ -136,72 +135,39 @@ def _decode_all(paths: list[str], img_size: int, skip_bad: bool, on_progress: Pr
 
 
 # ----------------------------------------------------------------------------- cache
+# Decoded images live in an ImageStore (imagestore.py): a shared disk cache read with pread
+# (default for folders), this process's memory, or nowhere (decoded on demand, --data-cache off).
 
 
-def _cache_dir() -> Path | None:
-    if os.environ.get("RTDEPLOY_NO_CACHE", "") not in ("", "0"):
-        return None
-    env = os.environ.get("RTDEPLOY_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rtdeploy" / "images"
+def _decode(path: str, img_size: int) -> torch.Tensor | str:
+    return _decode_file(path, img_size)  # looked up at call time (tests replace _decode_file)
 
 
-def _cache_key(paths: list[str], img_size: int) -> str:
-    entries = []
-    for p in sorted(paths):
-        st = os.stat(p)
-        entries.append((p, st.st_size, st.st_mtime_ns))
-    blob = json.dumps([_CACHE_VERSION, img_size, entries]).encode()
-    return hashlib.sha256(blob).hexdigest()[:32]
-
-
-def _cache_load(file: Path, paths: list[str], img_size: int):
+def _probe_file(path: str) -> str | None:
+    """Whether `path` opens as an image (header and size only): None, or the reason it does not."""
     try:
-        obj = torch.load(file, weights_only=True)
-        images, kept, bad = obj["images"], list(obj["kept"]), list(obj["skipped"])
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # a stale or damaged cache file must never stop a run: re-decode
-        log.warning("ignoring unreadable image cache %s: %s", file, exc)
-        return None
-    ok = (images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, img_size, img_size)
-          and images.shape[0] == len(kept) and len(kept) + len(bad) == len(paths))
-    return (images, kept, bad) if ok else None
+        with open_regular(path) as fh, Image.open(fh) as img:
+            check_pixels(img)
+            return None
+    except Exception as exc:  # noqa: BLE001 - as in _decode_file: any decoder error is a bad file
+        return show(failure_reason(exc))
 
 
-def _cache_save(file: Path, images: torch.Tensor, kept: list[int], bad: list[str]) -> None:
-    # Write to a temp file in the same folder, then rename: a crash or a parallel run never
-    # leaves a half-written cache behind (os.replace is atomic on one file system).
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save({"images": images, "kept": kept, "skipped": bad}, fh)
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as exc:
-        log.warning("could not write image cache %s: %s", file, exc)
+def _load_images(paths, img_size, skip_bad, on_progress, mode: str = "disk"):
+    """(ImageStore, kept indices, skipped paths) for the cache `mode`: disk, memory or off."""
+    return imagestore.load_images(paths, img_size, skip_bad, on_progress, imagestore.check_mode(mode),
+                                  decode=_decode, decode_all=_decode_all, bad_error=_bad_image_error,
+                                  probe=_probe_file)
 
 
-def _load_images(paths, img_size, skip_bad, on_progress, use_cache=True):
-    """Decoded images of `paths`, from the cache when the files are unchanged."""
-    cache = _cache_dir() if use_cache else None
-    file = cache / f"{_cache_key(paths, img_size)}.pt" if cache is not None else None
-    hit = _cache_load(file, paths, img_size) if file is not None else None
-    if hit is not None:
-        log.info("loaded %d decoded images from cache %s", len(paths), file)
-        if on_progress is not None:
-            on_progress(len(paths), len(paths))
-        bad = hit[2]
-        if bad and not skip_bad:
-            raise _bad_image_error(bad[0], n_bad=len(bad))
-        return hit
-    images, kept, bad = _decode_all(paths, img_size, skip_bad, on_progress)
-    if file is not None:
-        _cache_save(file, images, kept, bad)
-    return images, kept, bad
+def _data_fingerprint(root: Path, files: list[list[str]]) -> str:
+    """What every torchrun rank must agree on: the files (relative to the root) and their sizes."""
+    h = hashlib.sha256()
+    for class_files in files:
+        for p in class_files:
+            h.update(f"{os.path.relpath(p, root)}:{os.path.getsize(p)}\n".encode())
+        h.update(b"--\n")
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- sources
@@ -261,25 +227,30 @@ def _resolve(data: str | None, data_root: str | None) -> tuple[Path, str]:
 
 
 class ImageTensorDataset(Dataset):
-    """Images held as uint8 [N,3,S,S] + int64 labels; items are (normalised float [3,S,S], label)."""
+    """uint8 images [N,3,S,S] (a tensor, or any imagestore.ImageStore: a shared disk cache, files
+    decoded on demand) + int64 labels; items are (normalised float [3,S,S], label)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, mean: Sequence[float],
-                 std: Sequence[float], augment: bool = False, seed: int = 0,
+    def __init__(self, images: torch.Tensor | imagestore.ImageStore, labels: torch.Tensor, *,
+                 mean: Sequence[float], std: Sequence[float], augment: bool = False, seed: int = 0,
                  paths: list[str] | None = None, crop_scale: float = 1.0) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N,3,S,S], got {images.dtype} {tuple(images.shape)}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be [{images.shape[0]}], got {tuple(labels.shape)}")
-        self.images, self.labels = images, labels.to(torch.int64)
+        self.store = images if isinstance(images, imagestore.ImageStore) else imagestore.TensorStore(images)
+        if labels.shape != (len(self.store),):
+            raise ValueError(f"labels must be [{len(self.store)}], got {tuple(labels.shape)}")
+        self.labels = labels.to(torch.int64)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.augment, self.seed, self.epoch = augment, seed, 0
         self.crop_scale = float(crop_scale)
-        self.paths = list(paths) if paths is not None else [""] * len(images)
+        self.paths = list(paths) if paths is not None else [""] * len(self.store)
         self._mean_t = torch.tensor(self.mean).view(3, 1, 1)
         self._std_t = torch.tensor(self.std).view(3, 1, 1)
 
+    @property
+    def images(self) -> torch.Tensor:
+        """All images as one uint8 tensor: read into memory unless they are held there already."""
+        return self.store.all()
+
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return len(self.store)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -307,7 +278,7 @@ class ImageTensorDataset(Dataset):
         return out.squeeze(0).round().clamp(0, 255).to(torch.uint8)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        img = self.images[index]
+        img = self.store[index]
         if self.augment:
             img = self._augmented(img, index)
         return (img.float() / 255.0 - self._mean_t) / self._std_t, int(self.labels[index])
@@ -349,16 +320,57 @@ def _derive_seed(*parts: int) -> int:
 
 
 def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                workers: int = 0) -> DataLoader:
-    """A DataLoader whose order (and the dataset's augmentation) depends only on (seed, epoch)."""
+                workers: int = 0, shard: tuple[int, int] | None = None) -> DataLoader:
+    """A DataLoader whose order (and the dataset's augmentation) depends only on (seed, epoch).
+
+    `shard=(rank, world_size)`: this rank's part of every global batch of `batch_size` images
+    (see sharded_batches); world_size 1 is the plain loader.
+    """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
     if hasattr(ds, "set_epoch"):
         ds.set_epoch(epoch)  # before workers start: each worker gets a copy carrying the epoch
+    if shard is not None and shard[1] > 1:
+        batches = sharded_batches(len(ds), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
+                                  rank=shard[0], world_size=shard[1])
+        return DataLoader(ds, batch_sampler=batches, num_workers=workers)
     gen = torch.Generator().manual_seed(_derive_seed(seed, epoch))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
+    return DataLoader(ds, batch_sampler=None, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      num_workers=workers)
+
+
+class _Indices(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def sharded_batches(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int, rank: int,
+                    world_size: int) -> list[list[int]]:
+    """Rank `rank`'s indices of each global batch, for data-parallel training.
+
+    The global batches are exactly those of the one-process loader for (seed, epoch): they are
+    drawn by the same DataLoader machinery over indices, so N processes see the very batches one
+    process would. Each is cut into `world_size` contiguous parts differing by at most one image.
+    A global batch smaller than max(2, world_size) is left out on every rank (one process skips a
+    batch of one too: BatchNorm needs two images; each rank needs at least one).
+    """
+    gen = torch.Generator().manual_seed(_derive_seed(seed, epoch))
+    out = []
+    for batch in DataLoader(_Indices(n), batch_size=batch_size, shuffle=shuffle, generator=gen):
+        size = len(batch)
+        if size < max(2, world_size):
+            continue
+        lo, hi = (rank * size) // world_size, ((rank + 1) * size) // world_size
+        out.append(batch[lo:hi].tolist())
+    return out
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -420,18 +432,10 @@ def _split_indices(labels: torch.Tensor, classes: list[str], seed: int, test_fra
     return sorted(train), sorted(val), sorted(test)
 
 
-def _channel_stats(images: torch.Tensor, chunk: int = 256) -> tuple[tuple, tuple]:
-    """Per-channel mean/std over [0,1] pixels, in float64 chunks (a 256px set would not fit as float)."""
-    total = torch.zeros(3, dtype=torch.float64)
-    sq = torch.zeros(3, dtype=torch.float64)
-    for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64) / 255.0
-        total += x.sum(dim=(0, 2, 3))
-        sq += (x * x).sum(dim=(0, 2, 3))
-    n = max(1, images.shape[0] * images.shape[2] * images.shape[3])
-    mean = total / n
-    std = (sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(_STD_FLOOR)
-    return tuple(mean.tolist()), tuple(std.tolist())
+def _channel_stats(images: torch.Tensor | imagestore.ImageStore) -> tuple[tuple, tuple]:
+    """Per-channel mean/std over [0,1] pixels, streamed (exact, from uint8 histograms)."""
+    store = images if isinstance(images, imagestore.ImageStore) else imagestore.TensorStore(images)
+    return imagestore.channel_stats(store, _STD_FLOOR)
 
 
 def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 0,
@@ -439,7 +443,7 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
                 augment: bool = False, mean: tuple | None = None, std: tuple | None = None,
                 skip_bad_images: bool = False, max_per_class: int | None = None,
                 crop_scale: float = 1.0, on_progress: Progress | None = None,
-                fingerprint: str | None = None) -> Splits:
+                fingerprint: str | None = None, data_cache: str = "disk") -> Splits:
     """Load a dataset and split it, stratified per class and deterministic for `seed`.
 
     `data`: None/"sample" (embedded UC Merced sample), "eurosat" (torchvision EuroSAT RGB under
@@ -447,7 +451,9 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     With `augment`, train images get random flips and 90-degree rotations, plus random crops of
     `crop_scale`..1 of their area resized back when crop_scale < 1.
     `fingerprint`: the split a model was trained with (Splits.fingerprint then); a DataError
-    names how many files differ when this data no longer gives it.
+    names how many files differ when this data no longer gives it. `data_cache`: where decoded
+    images live, "disk" (a cache file shared by processes), "memory" or "off" (see imagestore).
+    Under torchrun every rank must see the same files (checked).
     """
     _check_settings(img_size, test_frac, val_frac, max_per_class, crop_scale)
     mean = _check_stats("mean", mean, positive=False) if mean is not None else None
@@ -457,14 +463,15 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     files = _cap_per_class(files, max_per_class, seed)
     paths = [p for class_files in files for p in class_files]
     all_labels = [c for c, class_files in enumerate(files) for _ in class_files]
+    distributed.check_same_data(_data_fingerprint(root, files) if distributed.info().enabled else "", source)
     if fingerprint is not None and not skip_bad_images:
         # Without --skip-bad-images every file is kept (or decoding fails), so the split is known
         # now: a changed folder is refused before minutes of decoding, not after.
         early = _split_fingerprint(root, classes, paths, torch.tensor(all_labels), seed, test_frac, val_frac)
         split_fingerprint.check(fingerprint, early, source)
     # The sample is small and fast to decode; caching it would only fill the user's cache.
-    images, kept, skipped = _load_images(paths, img_size, skip_bad_images, on_progress,
-                                         use_cache=source != "sample")
+    mode = "memory" if source == "sample" and data_cache == "disk" else data_cache
+    images, kept, skipped = _load_images(paths, img_size, skip_bad_images, on_progress, mode)
     labels = torch.tensor([all_labels[i] for i in kept], dtype=torch.int64)
     kept_paths = [paths[i] for i in kept]
     train_i, val_i, test_i = _split_indices(labels, classes, seed, test_frac, val_frac)
@@ -472,11 +479,11 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     if fingerprint is not None:
         split_fingerprint.check(fingerprint, current, source)  # with bad images skipped
     if mean is None or std is None:
-        train_mean, train_std = _channel_stats(images[train_i])
+        train_mean, train_std = _channel_stats(images.subset(train_i))
         mean, std = mean or train_mean, std or train_std
 
     def subset(idx: list[int], aug: bool) -> ImageTensorDataset:
-        return ImageTensorDataset(images[idx], labels[idx], mean=mean, std=std, augment=aug,
+        return ImageTensorDataset(images.subset(idx), labels[idx], mean=mean, std=std, augment=aug,
                                   seed=seed, paths=[kept_paths[i] for i in idx], crop_scale=crop_scale)
 
     log.info("%s: %d classes, %d train / %d val / %d test images at %dpx (%d skipped)", source,

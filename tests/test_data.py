@@ -381,7 +381,7 @@ def test_cache_hit_returns_identical_tensors(image_folder, tmp_path, monkeypatch
     monkeypatch.setenv("RTDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     root = image_folder()
     first = load_splits(str(root), img_size=16)
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
     assert not list((tmp_path / "cache").glob("*.tmp"))
     monkeypatch.setattr(data, "_decode_file", _refuse_decode)
     second = load_splits(str(root), img_size=16)
@@ -415,7 +415,7 @@ def test_damaged_cache_is_ignored(image_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("RTDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     root = image_folder()
     first = load_splits(str(root), img_size=16)
-    (cache_file,) = (tmp_path / "cache").glob("*.pt")
+    (cache_file,) = (tmp_path / "cache").glob("*.u8")
     cache_file.write_bytes(b"garbage")
     again = load_splits(str(root), img_size=16)
     assert torch.equal(first.train.images, again.train.images)

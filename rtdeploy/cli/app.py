@@ -41,14 +41,28 @@ def _debug() -> bool:
     return os.environ.get("RTDEPLOY_DEBUG", "") not in ("", "0")
 
 
-def _fail(message: str, code: int) -> int:
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)  # set by torchrun for each of its processes
+
+
+def _fail(message: str, code: int, shared: bool = True) -> int:
     """The one error line. show() escapes newlines and other control characters, so whatever a
     message holds (a file name, an option value, a library's text) it stays one line and cannot
-    forge a second `rtdeploy: error:` line."""
+    forge a second `rtdeploy: error:` line. Under torchrun, errors every rank meets alike (bad
+    input, an interrupt, a peer gone) are printed by rank 0 alone; a rank's own failure names it."""
+    if _rank() != 0:
+        if shared:
+            return code
+        message = f"rank {_rank()}: {message}"
     if sys.stderr is not None:
         with contextlib.suppress(OSError, ValueError):  # stderr closed too: the exit code still tells
             print(f"rtdeploy: error: {show(message)}", file=sys.stderr, flush=True)
     return code
+
+
+def _dist():
+    """rtdeploy.distributed when a command loaded it (it imports torch; --help stays fast)."""
+    return sys.modules.get(f"{__package__.rsplit('.', 1)[0]}.distributed")
 
 
 # Out of memory as torch (CPU and CUDA) and the OS word it; anything else is an internal error.
@@ -58,6 +72,9 @@ _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory"
 def _explain(e: BaseException) -> tuple[str, int]:
     """Known runtime failures with the flag that fixes them; anything else is an internal error."""
     text = str(e)
+    dist = _dist()
+    if dist is not None and dist.peer_failure(e):
+        return dist.PEER_FAILED, 1
     if isinstance(e, MemoryError) or any(t in text.lower() for t in _OOM_TEXTS) \
             or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
         return "out of memory; lower --batch-size (or --img-size), or free memory and retry", 1
@@ -92,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if result == 130:  # Typer turns Ctrl-C inside a command into a returned 130
             return _fail(INTERRUPTED, 130)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        if _dist() is not None:
+            _dist().shutdown()  # leave the torchrun process group cleanly
         return result if isinstance(result, int) else 0
     except RtdeployError as e:
         if _debug():
@@ -114,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _debug():
             raise
-        return _fail(*_explain(e))
+        message, code = _explain(e)
+        return _fail(message, code, shared=_dist() is not None and _dist().peer_failure(e))
 
 
 def _stdout_broken(e: BaseException) -> bool:
@@ -125,4 +145,9 @@ def _stdout_broken(e: BaseException) -> bool:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # The command is over and its files are whole: a late SIGTERM (torchrun stopping the other
+    # ranks of a failed job) must not print a KeyboardInterrupt from the interpreter's exit.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

@@ -3,6 +3,7 @@ progress/console helpers. Only the CLI prints."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,8 +19,10 @@ from ..fields import (IMG_SIZE_MAX, IMG_SIZE_MIN, MAX_BATCH, MAX_EPOCHS, MAX_IMA
 # file, which truncates the wide side-by-side tables; give those 160.
 # With stdout closed ('>&-') sys.stdout is None: the CLI refuses to run (cli.app.main) instead
 # of failing here at import.
-console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)  # progress and messages: stderr
+# Under torchrun every rank runs the command; only rank 0 prints tables, bars and messages.
+_QUIET = os.environ.get("RANK", "0") not in ("", "0")
+console = Console(width=None if sys.stdout is not None and sys.stdout.isatty() else 160, quiet=_QUIET)
+err_console = Console(stderr=True, quiet=_QUIET)  # progress and messages: stderr
 
 Data = Annotated[Optional[str], typer.Option(
     "--data", help="'sample' (the embedded UC Merced subset; train, eval and compress use it when --data "
@@ -57,7 +60,7 @@ Seed = Annotated[int, typer.Option("--seed", callback=_int("--seed", 0, MAX_SEED
                                    help="Seed for the split, init, shuffling and augmentation.")]
 Epochs = Annotated[int, typer.Option("--epochs", callback=_int("--epochs", 1, MAX_EPOCHS), help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", callback=_int("--batch-size", 2, MAX_BATCH),
-                                        help="Images per training step.")]
+                                        help="Images per training step. Under torchrun this is the global batch, split across the processes, so N processes follow the one-process run with the same --batch-size and --seed.")]
 Lr = Annotated[float, typer.Option("--lr", callback=bounded("--lr", 0, MAX_LR, low_open=True), help="Peak SGD learning rate.")]
 Momentum = Annotated[float, typer.Option("--momentum", callback=bounded("--momentum", 0, 1, high_open=True),
                                          help="SGD momentum (the paper used 0).")]
@@ -77,6 +80,11 @@ CropScale = Annotated[float, typer.Option("--crop-scale", callback=bounded("--cr
                                           help="With --augment: also random square crops of this..1 of the image area, resized back (0.5 lifts UC Merced from scratch by ~4 points; 1 = off).")]
 LabelSmoothing = Annotated[float, typer.Option("--label-smoothing", callback=bounded("--label-smoothing", 0, 1, high_open=True),
                                                help="Label smoothing of the cross-entropy term, in [0, 1) (0.1 helps training from scratch on small data).")]
+DataCache = Annotated[str, typer.Option(
+    "--data-cache", help="Where decoded images live: disk (a cache file under RTDEPLOY_CACHE_DIR, shared by all "
+                         "processes through the OS page cache; memory stays flat for data larger than RAM), "
+                         "memory (decoded into this process), off (decoded from the image files on demand, "
+                         "in --workers processes).")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad-images", help="Skip unreadable images (and count them) instead of stopping.")]
 Force = Annotated[bool, typer.Option("--force", help="Replace output files that already exist.")]
 CalibImages = Annotated[int, typer.Option("--calib-images", callback=_int("--calib-images", 1, MAX_IMAGES),

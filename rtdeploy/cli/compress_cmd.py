@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..fsutil import check_file_name, plan_outputs
 from ..fields import MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LR, MAX_SEED, MAX_WEIGHT_DECAY
 from .app import app
-from .common import (Data, DataRoot, Device, Force, SkipBad, Workers, bounded, console, data_input, load_data, progress,
+from .common import (Data, DataCache, DataRoot, Device, Force, SkipBad, Workers, bounded, console, data_input, load_data, progress,
                      recipe_option)
 
 MAX_ROUND_TO = 1024         # channels are rounded to multiples of this; wider than any layer
@@ -54,7 +54,7 @@ KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperat
 KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].", 0, 1, low_open=True)]
 CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.", 1, MAX_IMAGES, integer=True)]
 FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).", 1, MAX_EPOCHS, integer=True)]
-FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step.", 2, MAX_BATCH, integer=True)]
+FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step (under torchrun: the global batch, split across the processes).", 2, MAX_BATCH, integer=True)]
 FtLr = Annotated[Optional[float], _opt("--lr", "lr", "Peak fine-tuning learning rate.", 0, MAX_LR, low_open=True)]
 FtMomentum = Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum.", 0, 1, high_open=True)]
 FtWd = Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.", 0, MAX_WEIGHT_DECAY)]
@@ -85,7 +85,7 @@ def compress(
     distill: Distill = None, kd_temperature: KdTemperature = None, kd_weight: KdWeight = None,
     augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
     calib_images: CalibImages = None, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
-    report: ReportOut = None, force: Force = False,
+    report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
@@ -96,6 +96,7 @@ def compress(
     Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --out runs/pruned.pt
     """
     from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
+    from ..distributed import setup as setup_distributed
     from ..evaluation import splits_for
     from ..prune import PruneConfig
 
@@ -118,8 +119,9 @@ def compress(
         _check_resume(resume)
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
+    setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
-                        augment=r.augment, crop_scale=r.crop_scale)
+                        augment=r.augment, crop_scale=r.crop_scale, data_cache=data_cache)
     with _compress_progress(len(stages), epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)

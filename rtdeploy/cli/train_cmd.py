@@ -13,7 +13,7 @@ from ..fields import IMG_SIZE_MAX, IMG_SIZE_MIN, MAX_BATCH, MAX_EPOCHS, MAX_LR, 
 from ..fsutil import check_file_name, plan_outputs, write_text
 from ..names import show
 from .app import app
-from .common import (Data, DataRoot, Device, Force, JsonOut, Seed, SkipBad, Workers, bounded, console, data_input,
+from .common import (Data, DataCache, DataRoot, Device, Force, JsonOut, Seed, SkipBad, Workers, bounded, console, data_input,
                      err_console, load_data, recipe_option, training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
@@ -35,7 +35,7 @@ def train(
     recipe: Annotated[str, typer.Option("--recipe", help="Where unset options take their defaults: 'default' (the best recipe we measured: see README 'Defaults') or 'paper' (RemoteTrimmer's protocol: no augmentation, best epoch chosen on the TEST split). Options you pass override it.")] = "default",
     img_size: Annotated[Optional[int], _opt("--img-size", "img_size", f"Square input size in pixels ({IMG_SIZE_MIN}..{IMG_SIZE_MAX}); images are resized.", IMG_SIZE_MIN, IMG_SIZE_MAX, integer=True)] = None,
     epochs: Annotated[Optional[int], _opt("--epochs", "epochs", "Training epochs.", 1, MAX_EPOCHS, integer=True)] = None,
-    batch_size: Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per training step.", 2, MAX_BATCH, integer=True)] = None,
+    batch_size: Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per training step. Under torchrun the global batch, split across the processes: N processes follow the one-process run with the same --batch-size and --seed.", 2, MAX_BATCH, integer=True)] = None,
     lr: Annotated[Optional[float], _opt("--lr", "lr", "Peak SGD learning rate.", 0, MAX_LR, low_open=True)] = None,
     momentum: Annotated[Optional[float], _opt("--momentum", "momentum", "SGD momentum (the paper used 0).", 0, 1, high_open=True)] = None,
     weight_decay: Annotated[Optional[float], _opt("--weight-decay", "weight_decay", "L2 weight decay.", 0, MAX_WEIGHT_DECAY)] = None,
@@ -47,7 +47,7 @@ def train(
     augment: Annotated[Optional[bool], _opt("--augment/--no-augment", "augment", "Random flips and 90-degree rotations of training images.")] = None,
     crop_scale: Annotated[Optional[float], _opt("--crop-scale", "crop_scale", "With --augment: also random square crops of this..1 of the image area, resized back (1 = off).", 0, 1, low_open=True)] = None,
     label_smoothing: Annotated[Optional[float], _opt("--label-smoothing", "label_smoothing", "Label smoothing of the cross-entropy term, in [0, 1).", 0, 1, high_open=True)] = None,
-    skip_bad_images: SkipBad = False,
+    skip_bad_images: SkipBad = False, data_cache: DataCache = "disk",
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run from its '<out>.last' file (or the --out checkpoint beside it).")] = None,
     force: Force = False,
 ):
@@ -57,6 +57,7 @@ def train(
 
     Example: rtdeploy train --data ../shared/data/ucmerced --out runs/base.pt
     """
+    from ..distributed import setup as setup_distributed
     from ..models import create_model
     from ..train import TrainConfig
     from ..train.job import check_resume, run_training
@@ -72,9 +73,10 @@ def train(
     _plan_train(out, data, resume, force)
     if resume is not None:  # exists, loads, holds training state for this --arch: before decoding
         check_resume(resume, arch, cfg, img_size)
+    setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = load_data(data, data_root=data_root, img_size=r.img_size, seed=seed, test_frac=r.test_frac,
                        val_frac=r.val_frac, augment=r.augment, crop_scale=r.crop_scale,
-                       skip_bad_images=skip_bad_images)
+                       skip_bad_images=skip_bad_images, data_cache=data_cache)
     if splits.skipped:
         err_console.print(f"skipped {len(splits.skipped)} unreadable image(s), e.g. {show(splits.skipped[0])}",
                           markup=False, highlight=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checkpoint import ModelMeta, build_model, read_checkpoint, resume_path, save_checkpoint
 from ..env import versions
 from ..errors import CheckpointError, ConfigError
@@ -16,9 +17,8 @@ from ..fsutil import write_json
 from ..models import create_model
 from ..models.complexity import count_macs_params
 from .config import TrainConfig, resolve_device
-from .evaluate import evaluate
 from .losses import create_loss
-from .loop import EpochStats, TrainReport, fit
+from .loop import EpochStats, TrainReport, fit, split_accuracy
 from .selection import selection_split
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class TrainSummary:
     seconds: float
     resumed_from_epoch: int
     checkpoint: str
+    # {"world_size", "backend", "global_batch", "rank_digests", "rank_peak_rss_mb"}: how many
+    # processes trained together (torchrun), the sha256 of the best model on each (equal by
+    # construction) and each one's peak resident memory (Linux ru_maxrss).
+    distributed: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
     epochs: list[dict] = field(default_factory=list)
 
@@ -76,12 +80,13 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
     eval_ds, rule, selected_on = selection_split(splits, cfg.select)
     best, report = fit(model, splits.train, eval_ds, create_loss(loss, label_smoothing=cfg.label_smoothing),
                        replace(cfg, select=rule), on_step=on_step, on_epoch=on_epoch, save=save, resume=state)
-    test_accuracy = evaluate(best, splits.test, cfg.batch_size, resolve_device(cfg.device)).accuracy
+    test_accuracy = split_accuracy(best, splits.test, cfg.batch_size, resolve_device(cfg.device))
     # The checkpoint carries the kept model's selection-split and test accuracy (written last,
-    # so an interrupted run's checkpoint never claims a test number).
-    meta.history[-1].update(selected_on=selected_on, test_accuracy=test_accuracy,
-                            val_accuracy=report.best_accuracy if eval_ds is splits.val else None)
-    save_checkpoint(out, best, meta)
+    # so an interrupted run's checkpoint never claims a test number). Rank 0 alone writes.
+    if distributed.info().is_main:
+        meta.history[-1].update(selected_on=selected_on, test_accuracy=test_accuracy,
+                                val_accuracy=report.best_accuracy if eval_ds is splits.val else None)
+        save_checkpoint(out, best, meta)
     macs, params = count_macs_params(best, splits.img_size)
     summary = TrainSummary(
         stage="train", arch=arch, data=splits.source, classes=len(splits.classes),
@@ -90,8 +95,12 @@ def run_training(splits, arch: str, cfg: TrainConfig, out: str | Path, *, loss: 
         final_accuracy=report.final_accuracy, eval_split="test" if eval_ds is splits.test else "val",
         selected_on=selected_on, test_accuracy=test_accuracy,
         seconds=report.seconds, resumed_from_epoch=report.resumed_from_epoch, checkpoint=str(out),
-        epochs=[asdict(e) for e in report.epochs])
-    write_json(summary_path(out), asdict(summary))
+        epochs=[asdict(e) for e in report.epochs],
+        distributed={"world_size": report.world_size, "backend": report.backend,
+                     "global_batch": cfg.batch_size, "rank_digests": report.rank_digests,
+                     "rank_peak_rss_mb": report.rank_peak_rss_mb})
+    if distributed.info().is_main:  # one writer: rank 0 (the others hold the same model)
+        write_json(summary_path(out), asdict(summary))
     return summary
 
 

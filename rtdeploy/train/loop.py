@@ -8,14 +8,18 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
+from .. import distributed
 from ..data import make_loader
+from ..errors import ConfigError
 from .config import TrainConfig, resolve_device
 from .evaluate import evaluate
 from .selection import keep_peak
@@ -44,6 +48,10 @@ class TrainReport:
     peak_epoch: int = 0  # the epoch with the highest eval accuracy (kept only when the rule says so)
     peak_accuracy: float = 0.0
     selection: str = "val"
+    world_size: int = 1  # processes (torchrun ranks) that trained together
+    backend: str | None = None  # their torch.distributed backend (gloo, nccl); None alone
+    rank_digests: list[str] = field(default_factory=list)  # sha256 of the best model on each rank
+    rank_peak_rss_mb: list[float] = field(default_factory=list)  # each process's peak RSS so far
 
     @property
     def final_accuracy(self) -> float:
@@ -88,32 +96,65 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
 
     `save(best_model, resume_state, report)` runs after every epoch; `resume_state` is plain
     tensors/data (loadable with weights_only) that `resume=` takes back.
+
+    Under torchrun (distributed.setup() called) this is data-parallel: `cfg.batch_size` is the
+    global batch, cut across the ranks (distributed.sharded_batches), gradients are averaged by
+    DistributedDataParallel and BatchNorm uses the global batch's statistics, so N processes
+    follow the one-process run. Evaluation counts the whole split; callbacks and `save` run on
+    rank 0 only; every rank returns the same model (checked by digest).
     """
+    world = distributed.info()
     device = resolve_device(cfg.device)
+    if world.enabled and cfg.batch_size < world.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must be at least the "
+                          f"number of processes ({world.world_size})")
     torch.manual_seed(cfg.seed)
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval()
     steps = len(make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed))
     opt, sched = make_optimizer(model, cfg, steps)
-    report, best_state, start = TrainReport(selection=cfg.select), copy.deepcopy(model.state_dict()), 0
+    report = TrainReport(selection=cfg.select, **world.record())
+    best_state, start = copy.deepcopy(model.state_dict()), 0
     if resume:
         start, best_state = _restore(resume, model, opt, sched, report)
+    if not world.is_main:
+        on_step = on_epoch = save = None  # rank 0 alone reports and writes
     t0 = time.perf_counter() - report.seconds
-    for epoch in range(start, cfg.epochs):
-        stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step)
-        stats.eval_accuracy = evaluate(model, eval_ds, cfg.batch_size, device).accuracy
-        report.epochs.append(stats)
-        if stats.eval_accuracy > report.peak_accuracy or epoch == 0:
-            report.peak_epoch, report.peak_accuracy = epoch + 1, stats.eval_accuracy
-            best_state = copy.deepcopy(model.state_dict())
-        kept = _select(model, best_state, report, cfg.select, len(eval_ds))
-        report.seconds = time.perf_counter() - t0
-        if on_epoch:
-            on_epoch(stats)
-        if save:
-            save(kept, _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
-    return _select(model, best_state, report, cfg.select, len(eval_ds)), report
+    with distributed.cooperative_stop():
+        for epoch in range(start, cfg.epochs):
+            stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step)
+            stats.eval_accuracy = split_accuracy(model, eval_ds, cfg.batch_size, device)
+            report.epochs.append(stats)
+            if stats.eval_accuracy > report.peak_accuracy or epoch == 0:
+                report.peak_epoch, report.peak_accuracy = epoch + 1, stats.eval_accuracy
+                best_state = copy.deepcopy(model.state_dict())
+            kept = _select(model, best_state, report, cfg.select, len(eval_ds))
+            report.seconds = time.perf_counter() - t0
+            if on_epoch:
+                on_epoch(stats)
+            if save:
+                save(kept, _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
+    best = _select(model, best_state, report, cfg.select, len(eval_ds))
+    report.rank_digests = distributed.check_identical(best, "the trained model") if world.enabled else []
+    report.rank_peak_rss_mb = distributed.gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return best, report
+
+
+def split_accuracy(model: nn.Module, ds, batch_size: int, device) -> float:
+    """Accuracy over the whole split; under torchrun each rank counts a share and the counts
+    are summed, so the number is the full split's, not one shard's."""
+    world = distributed.info()
+    if not world.enabled:
+        return evaluate(model, ds, batch_size, device).accuracy
+    part = Subset(ds, range(world.rank, len(ds), world.world_size))
+    correct = seen = 0
+    if len(part):
+        r = evaluate(model, part, batch_size, device)
+        correct, seen = r.accuracy * r.images, r.images
+    correct, seen = distributed.all_sum([round(correct), seen])
+    # float32 division, as evaluate()'s mean of 0/1 values: the same number one process reports
+    return (torch.tensor(correct, dtype=torch.float32) / seen).item() if seen else 0.0
 
 
 def _select(model: nn.Module, peak_state: dict, report: TrainReport, rule: str, n_eval: int) -> nn.Module:
@@ -133,31 +174,41 @@ def _best(model: nn.Module, best_state: dict) -> nn.Module:
 
 
 def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step) -> EpochStats:
+    world = distributed.info()
     model.train()
-    loader = make_loader(ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, workers=cfg.workers)
+    loader = make_loader(ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, workers=cfg.workers,
+                         shard=(world.rank, world.world_size))
     seen = correct = 0
     total_loss, t0 = 0.0, time.perf_counter()
     lr = opt.param_groups[0]["lr"]
-    for step, (x, y) in enumerate(loader):
-        if x.shape[0] < 2:  # a trailing batch of one would break BatchNorm's batch statistics
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.no_grad():
-            t_logits = teacher(x) if teacher is not None else None
-        logits = model(x)
-        loss = loss_fn(logits, y, t_logits)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        seen += y.numel()
-        correct += (logits.argmax(1) == y).sum().item()
-        total_loss += loss.item() * y.numel()
-        if on_step:
-            on_step(StepInfo(epoch + 1, step + 1, len(loader), total_loss / seen, correct / seen,
-                             seen / (time.perf_counter() - t0)))
+    with distributed.synced_batchnorm(model):
+        net = distributed.wrap_ddp(model, device)
+        for step, (x, y) in enumerate(loader):
+            if world.enabled:
+                n_global = distributed.step_sync(y.numel())  # also where a stop request is shared
+            elif x.shape[0] < 2:  # a trailing batch of one would break BatchNorm's batch statistics
+                continue
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.no_grad():
+                t_logits = teacher(x) if teacher is not None else None
+            logits = net(x)
+            loss = loss_fn(logits, y, t_logits)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            # DDP averages gradients over ranks; weighting each rank's mean loss by its share of
+            # the global batch makes that average the gradient of the global batch's mean loss.
+            scale = y.numel() * world.world_size / n_global if world.enabled else 1.0
+            (loss * scale).backward()
+            opt.step()
+            sched.step()
+            seen += y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += loss.item() * y.numel()
+            if on_step:
+                on_step(StepInfo(epoch + 1, step + 1, len(loader), total_loss / seen, correct / seen,
+                                 seen * world.world_size / (time.perf_counter() - t0)))
+    total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen])
     secs = time.perf_counter() - t0
     return EpochStats(epoch + 1, total_loss / max(seen, 1), correct / max(seen, 1), 0.0, lr, secs,
                       seen / max(secs, 1e-9))
