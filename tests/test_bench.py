@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rtdeploy.bench import BenchConfig, bench_models
-from rtdeploy.bench_worker import _stopwatch
+from rtdeploy.bench.worker import _stopwatch
 from rtdeploy.cli.app import main
 from rtdeploy.errors import ConfigError
 from rtdeploy.export import ExportConfig, export_checkpoint

@@ -3,7 +3,7 @@ accuracy of several models side by side; returns a BenchReport (the CLI renders 
 
 Honest measurement (after onnxruntime_perf_test and OpenVINO benchmark_app): warm-up, then
 timed runs; every (model, threads, batch size) is measured alone, in its own process
-(rtdeploy.bench_worker), one after another, so models never disturb each other. Session
+(rtdeploy.bench.worker), one after another, so models never disturb each other. Session
 creation and first inference are reported apart from steady-state latency.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench_worker
-from .bench_models import BenchModel, accuracies, resolve_models
-from .data import load_splits
-from .env import machine, versions
-from .errors import ConfigError, PipelineError
+from . import worker as bench_worker
+from .models import BenchModel, accuracies, resolve_models
+from ..data import load_splits
+from ..env import machine, versions
+from ..errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def _check_batches(models: list[BenchModel], cfg: BenchConfig) -> None:
 def _run_worker(spec: dict, isolate: bool) -> dict:
     if not isolate:
         return bench_worker.measure(spec)
-    proc = subprocess.run([sys.executable, "-m", "rtdeploy.bench_worker"], input=json.dumps(spec),
+    proc = subprocess.run([sys.executable, "-m", "rtdeploy.bench.worker"], input=json.dumps(spec),
                           capture_output=True, text=True)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])

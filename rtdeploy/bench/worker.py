@@ -1,4 +1,4 @@
-"""One latency measurement, meant to run in its own process: `python -m rtdeploy.bench_worker`
+"""One latency measurement, meant to run in its own process: `python -m rtdeploy.bench.worker`
 reads a JSON spec on stdin and prints one JSON line with the raw latencies.
 
 Why a process per measurement: ONNX Runtime thread pools spin while waiting for work, and
@@ -77,7 +77,7 @@ def measure_onnx(spec: dict) -> dict:
 def measure_torch(spec: dict) -> dict:
     import torch
 
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     previous = torch.get_num_threads()
     torch.set_num_threads(spec["threads"])

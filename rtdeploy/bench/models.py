@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint, read_checkpoint
-from .data import check_classes
-from .errors import DataError, ModelFileError
-from .export import (ExportConfig, OnnxMeta, count_macs, count_params, export_checkpoint, image_input,
+from ..checkpoint import load_checkpoint, read_checkpoint
+from ..data import check_classes
+from ..errors import DataError, ModelFileError
+from ..export import (ExportConfig, OnnxMeta, count_macs, count_params, export_checkpoint, image_input,
                      load_onnx, make_session, read_metadata, run_session)
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def describe(name: str, path: Path, onnx_path: Path, source: str) -> BenchModel:
 
 def resolve_models(paths: list[Path], tmp: Path, on_stage=None) -> list[BenchModel]:
     """Validate every file first (cheap), then export the checkpoints into `tmp`."""
-    from .models.complexity import count_macs_params
+    from ..models.complexity import count_macs_params
 
     kinds = [is_checkpoint(p) for p in paths]
     names = display_names(paths)
