@@ -1,15 +1,19 @@
 """`rtdeploy bench` as a library call: ONNX Runtime latency, throughput, size, params, MACs and
 accuracy of several models side by side; returns a BenchReport (the CLI renders it).
 
-Honest measurement (after onnxruntime_perf_test and OpenVINO benchmark_app): warm-up, then
-timed runs; every (model, threads, batch size) is measured alone, in its own process
-(rtdeploy.bench.worker), one after another, so models never disturb each other. Session
-creation and first inference are reported apart from steady-state latency.
+Measurement (after onnxruntime_perf_test and OpenVINO benchmark_app, plus interleaving): the
+models and settings are measured in rounds, A B A B ..., each measurement alone in a fresh
+process (worker.py) with warm-up, then timed runs. Per model and setting, the latency is the
+median over rounds of the per-round median; the speed-up is the median of the per-round ratios
+to the baseline, with a 95 % interval (stats.py). Every measurement has a timeout.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,48 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from . import worker as bench_worker
-from .models import BenchModel, accuracies, resolve_models
 from ..data import load_splits
 from ..env import machine, versions
 from ..errors import ConfigError, PipelineError
+from . import worker as bench_worker
+from .config import MAX_INPUT_BYTES, PROVIDERS, BenchConfig
+from .models import BenchModel, accuracies, resolve_models
+from .stats import INTERVAL_METHOD, MIN_ROUNDS_FOR_CI, UNSTABLE_WIDTH, Speedup, cv, paired_speedup
 
 log = logging.getLogger(__name__)
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"],
-             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
-GRAPH_OPT = ("disable", "basic", "extended", "all")
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class BenchConfig:
-    provider: str = "cpu"
-    batch_sizes: tuple[int, ...] = (1,)
-    threads: tuple[int, ...] = (1,)
-    warmup: int = 10
-    runs: int = 100
-    seconds: float | None = None   # time-boxed runs instead of a fixed count
-    graph_opt: str = "all"
-    torch: bool = False            # add a PyTorch eager row for each checkpoint
-    isolate: bool = True           # a process per measurement (else in-process, spinning off)
-
-    def __post_init__(self):
-        self.batch_sizes, self.threads = tuple(self.batch_sizes), tuple(self.threads)
-        for flag, values in (("--batch-sizes", self.batch_sizes), ("--threads", self.threads)):
-            if not values or min(values) < 1:
-                raise ConfigError(f"{flag} must be integers >= 1, got {','.join(map(str, values)) or 'nothing'}")
-        if self.warmup < 0:
-            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}")
-        if self.runs < 1:
-            raise ConfigError(f"--runs must be >= 1, got {self.runs}")
-        if self.seconds is not None and not self.seconds > 0:
-            raise ConfigError(f"--seconds must be > 0, got {self.seconds}")
-        if self.provider not in PROVIDERS:
-            raise ConfigError(f"--provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
-        if self.graph_opt not in GRAPH_OPT:
-            raise ConfigError(f"--graph-opt must be one of {', '.join(GRAPH_OPT)}, got {self.graph_opt!r}")
 
 
 @dataclass
@@ -74,16 +47,36 @@ class Latency:
 
 
 @dataclass
+class Round:
+    """One round of one model at one setting (a fresh process)."""
+
+    round: int
+    p50_ms: float
+    mean_ms: float
+    runs: int
+    session_ms: float
+    first_inference_ms: float
+    device_p50_ms: float | None = None
+
+
+@dataclass
 class BenchResult:
+    """One model at one (threads, batch size). latency_ms.p50 is the median of the round medians;
+    the other percentiles pool every timed run of every round."""
+
     provider: str
     threads: int
     batch_size: int
     latency_ms: Latency
     throughput_ips: float
-    session_ms: float
+    session_ms: float                # median over rounds (each round is a cold start)
     first_inference_ms: float
-    runs: int
-    speedup: float | None = None     # baseline p50 / this p50, same threads and batch size
+    runs: int                        # timed runs, all rounds
+    speedup: Speedup | None = None   # paired per-round ratios to the baseline, same threads and batch
+    cv: float = 0.0                  # spread of the round medians (std / mean)
+    rounds: list[Round] = field(default_factory=list)
+    device_latency_ms: Latency | None = None  # GPU: input and output kept on the device
+    fp16: bool = False
 
 
 @dataclass
@@ -114,6 +107,17 @@ class BenchReport:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Task:
+    """One (model row, threads, batch size): measured once per round."""
+
+    row: int
+    threads: int
+    batch_size: int
+    spec: dict
+    label: str                       # "pruned, batch 32, 2 threads": for progress and errors
+
+
 def check_provider(provider: str) -> list[str]:
     """The ORT provider list for --provider, or ConfigError listing what this build offers."""
     import onnxruntime as ort
@@ -134,29 +138,97 @@ def _check_batches(models: list[BenchModel], cfg: BenchConfig) -> None:
             raise ConfigError(f"--batch-sizes {','.join(map(str, bad))}: model {m.path} has a static batch of "
                               f"{m.static_batch}; bench it with --batch-sizes {m.static_batch} or re-export "
                               "it with --dynamic-batch")
+        image_bytes = 4 * int(np.prod(m.shape))
+        too_big = [b for b in cfg.batch_sizes if b * image_bytes > MAX_INPUT_BYTES]
+        if too_big:
+            raise ConfigError(f"--batch-sizes {too_big[0]}: a batch of {m.shape[1]}x{m.shape[2]} images for {m.path} "
+                              f"would take {too_big[0] * image_bytes / 2**30:.1f} GiB (limit 1 GiB); use a smaller batch")
 
 
-def _run_worker(spec: dict, isolate: bool) -> dict:
-    if not isolate:
-        return bench_worker.measure(spec)
-    proc = subprocess.run([sys.executable, "-m", "rtdeploy.bench.worker"], input=json.dumps(spec),
-                          capture_output=True, text=True)
+def _run_worker(spec: dict, cfg: BenchConfig, label: str) -> dict:
+    """One measurement: in a fresh process (killed after cfg.timeout_s), or in this one."""
+    too_slow = PipelineError(f"measuring {label} did not finish within --timeout {cfg.timeout_s:g} s; "
+                             "raise --timeout or lower --runs, --seconds or --warmup")
+    if not cfg.isolate:
+        try:
+            with _pinned(cfg.cpus):
+                return bench_worker.measure(spec)
+        except bench_worker.MeasureTimeout:
+            raise too_slow from None
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rtdeploy.bench.worker"], input=json.dumps(spec),
+                              capture_output=True, text=True, timeout=cfg.timeout_s)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the worker
+        raise too_slow from None
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PipelineError(f"the benchmark worker crashed (exit {proc.returncode}): {tail}") from None
+        raise PipelineError(f"measuring {label}: the benchmark worker crashed (exit {proc.returncode}): {tail}") from None
+    if result.get("timeout"):
+        raise too_slow
     if proc.returncode != 0 or "error" in result:
-        raise PipelineError(f"measuring {spec['path']} failed: {result.get('error', 'unknown error')}")
+        raise PipelineError(f"measuring {label} failed: {result.get('error', 'unknown error')}")
     return result
 
 
-def _result(raw: dict, threads: int, batch: int) -> BenchResult:
-    lat = np.asarray(raw["latencies_ms"], dtype=np.float64)
-    p50, p90, p99 = (float(v) for v in np.percentile(lat, [50, 90, 99]))
-    mean = float(lat.mean())
-    return BenchResult(raw["provider"], threads, batch, Latency(p50, p90, p99, mean, float(lat.min()), float(lat.max())),
-                       batch * 1e3 / mean, raw["session_ms"], raw["first_ms"], len(lat))
+@contextlib.contextmanager
+def _pinned(cpus):
+    """In-process measurement with --cpus: pin this process for the measurement, then restore."""
+    if not cpus:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cpus))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def interleaved(tasks: list[Task], rounds: int):
+    """(round, task index) in measuring order: every round visits every setting and model, A B A B ..."""
+    for r in range(rounds):
+        for i in range(len(tasks)):
+            yield r, i
+
+
+def run_rounds(tasks: list[Task], rounds: int, measure: Callable[[Task, int], dict],
+               on_progress: Progress | None = None) -> list[list[dict]]:
+    """Raw worker results, per task, in round order. `measure(task, round)` does one measurement."""
+    raws: list[list[dict]] = [[] for _ in tasks]
+    total = len(tasks) * rounds
+    for done, (r, i) in enumerate(interleaved(tasks, rounds)):
+        if on_progress:
+            on_progress(done, total, f"{tasks[i].label}, round {r + 1}/{rounds}")
+        raws[i].append(measure(tasks[i], r))
+    if on_progress:
+        on_progress(total, total, "done")
+    return raws
+
+
+def _latency(lat: np.ndarray, p50: float) -> Latency:
+    p90, p99 = (float(v) for v in np.percentile(lat, [90, 99]))
+    return Latency(p50, max(p50, p90), max(p50, p99), float(lat.mean()), float(lat.min()), float(lat.max()))
+
+
+def summarise(raws: list[dict], threads: int, batch: int) -> BenchResult:
+    """One BenchResult from the rounds of one task."""
+    rounds = [Round(i + 1, float(np.median(raw["latencies_ms"])), float(np.mean(raw["latencies_ms"])),
+                    len(raw["latencies_ms"]), raw["session_ms"], raw["first_ms"],
+                    float(np.median(raw["device_latencies_ms"])) if raw.get("device_latencies_ms") else None)
+              for i, raw in enumerate(raws)]
+    pooled = np.concatenate([np.asarray(raw["latencies_ms"], dtype=np.float64) for raw in raws])
+    medians = [r.p50_ms for r in rounds]
+    lat = _latency(pooled, statistics.median(medians))
+    device = None
+    if all(r.device_p50_ms is not None for r in rounds):
+        dev = np.concatenate([np.asarray(raw["device_latencies_ms"], dtype=np.float64) for raw in raws])
+        device = _latency(dev, statistics.median(r.device_p50_ms for r in rounds))
+    return BenchResult(raws[0]["provider"], threads, batch, lat, batch * 1e3 / lat.mean,
+                       statistics.median(r.session_ms for r in rounds),
+                       statistics.median(r.first_inference_ms for r in rounds), len(pooled),
+                       cv=cv(medians), rounds=rounds, device_latency_ms=device, fp16=bool(raws[0].get("fp16")))
 
 
 def _rows(models: list[BenchModel], cfg: BenchConfig, acc: dict) -> list[tuple[ModelBench, BenchModel, str]]:
@@ -181,18 +253,25 @@ def _spec(m: BenchModel, kind: str, cfg: BenchConfig, providers: list[str], thre
     return {"kind": kind, "path": str(m.onnx_path if kind == "onnx" else m.path), "input_name": m.input_name,
             "shape": list(m.shape), "batch_size": batch, "threads": threads, "warmup": cfg.warmup,
             "runs": cfg.runs, "seconds": cfg.seconds, "providers": providers, "graph_opt": cfg.graph_opt,
-            "spinning": cfg.isolate}
+            "spinning": cfg.isolate, "cpus": list(cfg.cpus) if cfg.cpus else None, "deadline_s": cfg.timeout_s,
+            "fp16": cfg.fp16}
 
 
-def _relative(rows: list[ModelBench]) -> None:
-    """Speed-up (baseline p50 / p50, same threads and batch) and MAC ratio against the first row."""
+def _tasks(rows, cfg: BenchConfig, providers: list[str]) -> list[Task]:
+    """Settings outermost, models innermost: within a round, the models at one setting run back to back."""
+    return [Task(i, t, b, _spec(m, kind, cfg, providers, t, b), f"{row.name}, batch {b}, {t} thread(s)")
+            for t in cfg.threads for b in cfg.batch_sizes for i, (row, m, kind) in enumerate(rows)]
+
+
+def relative(rows: list[ModelBench]) -> None:
+    """Speed-up (paired per-round ratios to the first row, same threads and batch) and MAC ratio."""
     base = rows[0]
-    base_p50 = {(r.threads, r.batch_size): r.latency_ms.p50 for r in base.results}
+    base_rounds = {(r.threads, r.batch_size): [x.p50_ms for x in r.rounds] for r in base.results}
     for row in rows:
         row.mac_ratio = base.macs / row.macs if row.macs else None
         for r in row.results:
-            ref = base_p50.get((r.threads, r.batch_size))
-            r.speedup = ref / r.latency_ms.p50 if ref and r.latency_ms.p50 > 0 else None
+            ref = base_rounds.get((r.threads, r.batch_size))
+            r.speedup = paired_speedup(ref, [x.p50_ms for x in r.rounds]) if ref else None
 
 
 def _environment(cfg: BenchConfig, providers: list[str]) -> dict:
@@ -202,27 +281,48 @@ def _environment(cfg: BenchConfig, providers: list[str]) -> dict:
             "available_providers": ort.get_available_providers(), "threads": list(cfg.threads),
             "inter_op_threads": 1, "graph_optimization_level": cfg.graph_opt, "execution_mode": "sequential",
             "isolation": "one process per measurement" if cfg.isolate else "in-process, thread spinning off",
-            "thread_spinning": cfg.isolate}
+            "thread_spinning": cfg.isolate, "cpus": list(cfg.cpus) if cfg.cpus else None}
 
 
 def _settings(cfg: BenchConfig, data: str | None) -> dict:
     return {"batch_sizes": list(cfg.batch_sizes), "threads": list(cfg.threads), "warmup": cfg.warmup,
-            "runs": None if cfg.seconds else cfg.runs, "seconds": cfg.seconds, "data": data, "torch": cfg.torch,
+            "runs": None if cfg.seconds else cfg.runs, "seconds": cfg.seconds, "rounds": cfg.rounds,
+            "timeout_s": cfg.timeout_s, "fp16": cfg.fp16, "data": data, "torch": cfg.torch,
+            "order": "interleaved rounds: every round measures every setting and model, A B A B ...",
+            "latency": "p50 = median over rounds of the per-round median; p90/p99/mean/min/max pool all runs",
+            "speedup_method": INTERVAL_METHOD, "unstable_if_ci95_wider_than": UNSTABLE_WIDTH,
+            "min_rounds_for_ci95": MIN_ROUNDS_FOR_CI,
             "input": "random normal (normalised space), fixed seed", "input_seed": bench_worker.INPUT_SEED}
+
+
+def _notes(rows: list[ModelBench], cfg: BenchConfig) -> list[str]:
+    notes = []
+    if cfg.rounds < MIN_ROUNDS_FOR_CI and len(rows) > 1:
+        notes.append(f"{cfg.rounds} round(s): speed-ups have no 95 % interval below {MIN_ROUNDS_FOR_CI} rounds "
+                     f"(use --rounds {MIN_ROUNDS_FOR_CI} or more)")
+    unstable = [f"{m.name} (batch {r.batch_size}, {r.threads} thread(s))" for m in rows[1:] for r in m.results
+                if r.speedup is not None and r.speedup.unstable]
+    if unstable:
+        notes.append(f"unstable speed-up (95 % interval wider than {100 * UNSTABLE_WIDTH:.0f} % of the median): "
+                     f"{'; '.join(unstable)}; the machine was busy: rerun with more --rounds, or pin with --cpus")
+    return notes
 
 
 def bench_models(paths: list[str | Path], cfg: BenchConfig | None = None, *, data: str | None = None,
                  data_root: str | None = None, load=load_splits, on_progress: Progress | None = None,
-                 on_stage: Callable[[str], None] | None = None) -> BenchReport:
+                 on_stage: Callable[[str], None] | None = None,
+                 measure: Callable[[Task, int], dict] | None = None) -> BenchReport:
     """Measure `paths` (.onnx files or checkpoints) under `cfg`; the first is the baseline.
 
     on_stage(text) reports preparation steps; on_progress(done, total, label) each measurement.
+    `measure(task, round)` replaces the real measurement (tests drive the rounds with a fake clock).
     """
     cfg = cfg or BenchConfig()
     if not paths:
         raise ConfigError("give at least one model (.onnx file or rtdeploy checkpoint)")
     providers = check_provider(cfg.provider)
     notes: list[str] = []
+    measure = measure or (lambda task, r: _run_worker(task.spec, cfg, f"{task.label}, round {r + 1}/{cfg.rounds}"))
     with tempfile.TemporaryDirectory(prefix="rtdeploy-bench-") as tmp:
         models = resolve_models([Path(p) for p in paths], Path(tmp), on_stage)
         _check_batches(models, cfg)
@@ -230,14 +330,10 @@ def bench_models(paths: list[str | Path], cfg: BenchConfig | None = None, *, dat
             on_stage("measuring accuracy")
         acc = accuracies(models, data, data_root, load, cfg.torch, notes) if data is not None else {}
         rows = _rows(models, cfg, acc)
-        plan = [(row, m, kind, t, b) for row, m, kind in rows for t in cfg.threads for b in cfg.batch_sizes]
-        for done, (row, m, kind, threads, batch) in enumerate(plan):
-            if on_progress:
-                on_progress(done, len(plan), f"{row.name} batch {batch}, {threads} thread(s)")
-            raw = _run_worker(_spec(m, kind, cfg, providers, threads, batch), cfg.isolate)
-            row.results.append(_result(raw, threads, batch))
-        if on_progress:
-            on_progress(len(plan), len(plan), "done")
+        tasks = _tasks(rows, cfg, providers)
+        raws = run_rounds(tasks, cfg.rounds, measure, on_progress)
     report_rows = [row for row, _, _ in rows]
-    _relative(report_rows)
-    return BenchReport(_environment(cfg, providers), _settings(cfg, data), report_rows, notes)
+    for task, raw in zip(tasks, raws):
+        report_rows[task.row].results.append(summarise(raw, task.threads, task.batch_size))
+    relative(report_rows)
+    return BenchReport(_environment(cfg, providers), _settings(cfg, data), report_rows, notes + _notes(report_rows, cfg))
