@@ -26,9 +26,18 @@ TargetMacs = Annotated[Optional[float], typer.Option(
                           "the ratio is searched.")]
 Scope = Annotated[str, typer.Option("--scope", help="local: the same ratio in every layer (the paper's); "
                                                     "global: one ranking over all layers.")]
-RoundTo = Annotated[int, typer.Option(
+RoundTo = Annotated[str, typer.Option(
     "--round-to", help="Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
-                       "MACs); 1 = no rounding.")]
+                       "MACs); 1 = no rounding; auto = the target's SIMD width (this CPU, or tensor-core "
+                       "multiples with --latency-provider cuda/tensorrt), recorded in the report.")]
+TargetLatency = Annotated[Optional[float], typer.Option(
+    "--target-latency-ms", help="Instead of --ratio: the inference latency to meet, in ms; the ratio is searched by "
+                                "exporting and timing candidates on this machine before fine-tuning.")]
+LatencyProvider = Annotated[str, typer.Option(
+    "--latency-provider", help="With --target-latency-ms (and --round-to auto): where the model will run: cpu, cuda or tensorrt.")]
+LatencyThreads = Annotated[int, typer.Option("--latency-threads", help="With --target-latency-ms: inference threads.")]
+LatencyBatch = Annotated[int, typer.Option(
+    "--latency-batch", help="With --target-latency-ms: images per inference call (not the fine-tuning --batch-size).")]
 Loss = Annotated[str, typer.Option("--loss", help="Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
 R1 = Annotated[float, typer.Option("--r1", help="AML weight of the hard-sample term exp(d + d^2).")]
 R2 = Annotated[float, typer.Option("--r2", help="AML weight of the cross-entropy term.")]
@@ -51,7 +60,7 @@ def compress(
     ckpt: Ckpt, out: Out,
     data: Data = None, data_root: DataRoot = None, skip_bad_images: SkipBad = False,
     criterion: Criterion = "cap", ratio: Ratio = None, target_macs: TargetMacs = None, scope: Scope = "local",
-    round_to: RoundTo = 8, loss: Loss = "aml", r1: R1 = 1.0, r2: R2 = 1.0,
+    round_to: RoundTo = "8", loss: Loss = "aml", r1: R1 = 1.0, r2: R2 = 1.0,
     # lr 0.01 (the paper's fine-tuning lr, 5x below training from scratch) with momentum and
     # cosine decay: the pruned net keeps its inherited weights and converges in ~30 epochs.
     epochs: Epochs = 30, batch_size: BatchSize = 64, lr: Lr = 0.01, momentum: Momentum = 0.9,
@@ -59,6 +68,8 @@ def compress(
     distill: Distill = False, kd_temperature: KdTemperature = 4.0, kd_weight: KdWeight = 0.5,
     augment: Augment = False, crop_scale: CropScale = 1.0, label_smoothing: LabelSmoothing = 0.0, calib_images: CalibImages = 1024, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False,
+    target_latency_ms: TargetLatency = None, latency_provider: LatencyProvider = "cpu",
+    latency_threads: LatencyThreads = 1, latency_batch: LatencyBatch = 1,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
@@ -75,12 +86,17 @@ def compress(
     from ..prune import PruneConfig
     from ..train import TrainConfig
 
-    if ratio is not None and target_macs is not None:
-        raise ConfigError("pass either --ratio or --target-macs, not both")
+    from ..prune.latency import LatencyTarget
+
+    if sum(v is not None for v in (ratio, target_macs, target_latency_ms)) > 1:
+        raise ConfigError("pass one of --ratio, --target-macs and --target-latency-ms, not several")
+    latency = (LatencyTarget(target_latency_ms, latency_provider, latency_threads, latency_batch)
+               if target_latency_ms is not None else None)
     cfg = CompressConfig(
         criterion=criterion, loss=loss, r1=r1, r2=r2, distill=distill, kd_temperature=kd_temperature,
         kd_weight=kd_weight, calib_images=calib_images,
-        prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs),
+        prune=PruneConfig(ratio=0.7 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs,
+                          round_to_target=latency_provider, target_latency=latency),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, schedule=schedule, seed=seed, device=device, workers=workers))
     report = report or out.with_suffix(".json")
