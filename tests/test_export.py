@@ -270,6 +270,7 @@ def test_both_exporters_pass_parity_and_record_themselves(ckpts, tmp_path, expor
     graph = onnx.load(str(out))
     assert read_exporter(graph) == r.exporter and torch.__version__ in r.exporter
     assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) == r.opset
+    assert "BatchNormalization" not in {n.op_type for n in graph.graph.node}  # folded into the convolutions
     props = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
     assert props["rtdeploy.exporter"] == r.exporter and read_metadata(out).classes == SAMPLE_CLASSES
 

@@ -56,9 +56,9 @@ def test_bad_round_to_names_the_flag(value):
 
 
 @pytest.mark.parametrize("kwargs,flag", [({"ms": math.nan}, "--target-latency-ms"), ({"ms": math.inf}, "--target-latency-ms"),
-                                         ({"ms": -1}, "--target-latency-ms"), ({"ms": 1, "threads": 10_000}, "--threads"),
+                                         ({"ms": -1}, "--target-latency-ms"), ({"ms": 1, "threads": 10_000}, "--latency-threads"),
                                          ({"ms": 1, "provider": "tpu"}, "--latency-provider"),
-                                         ({"ms": 1, "batch": 0}, "--batch-sizes")])
+                                         ({"ms": 1, "batch": 0}, "--latency-batch")])
 def test_latency_target_is_checked(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         LatencyTarget(**kwargs)
@@ -86,3 +86,18 @@ def test_target_latency_lands_between_two_measured_candidates():
     # the model returned is the structure that was timed (re-timing it would only re-measure the load)
     assert report.macs_fraction == pytest.approx(chosen["macs_fraction"])
     assert min(conv_widths(model).values()) >= 1
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--target-latency-ms", "nan"], "--target-latency-ms"), (["--target-latency-ms", "inf"], "--target-latency-ms"),
+    (["--target-latency-ms", "5", "--ratio", "0.5"], "--target-latency-ms"),
+    (["--target-latency-ms", "5", "--latency-threads", "10000"], "--latency-threads"),
+    (["--target-latency-ms", "5", "--latency-batch", "0"], "--latency-batch"),
+    (["--target-latency-ms", "5", "--latency-provider", "npu"], "--latency-provider"),
+    (["--round-to", "fast"], "--round-to"),
+])
+def test_cli_compress_latency_options_exit_2_naming_the_flag(cli, tmp_path, args, flag):
+    code, _, err = cli("compress", tmp_path / "base.pt", "--out", tmp_path / "p.pt", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("rtdeploy: error:") and flag in lines[0], err
+    assert not (tmp_path / "p.pt").exists()

@@ -95,7 +95,7 @@ class BenchConfig:
         if self.seconds is not None and self.timeout_s <= self.seconds:
             raise ConfigError(f"--timeout ({self.timeout_s:g} s) must be longer than --seconds ({self.seconds:g} s)")
         if self.fp16 and self.provider == "cpu":
-            raise ConfigError("--fp16 is for --provider cuda or tensorrt; on CPU use an INT8 export (rtdeploy export --int8)")
+            raise ConfigError("--fp16 is for --provider cuda or tensorrt; on CPU, bench an INT8 model made by 'rtdeploy export' instead")
 
     def _check_lists(self) -> None:
         for flag, values, high in (("--batch-sizes", self.batch_sizes, MAX_BATCH), ("--threads", self.threads, 4096)):

@@ -101,9 +101,13 @@ def _dims(spec, meta, path: Path) -> tuple[int, int]:
         raise ModelFileError(f"model {path}: its input has a static batch of {spec.batch}; re-export it "
                              "('rtdeploy export', dynamic batch by default)")
     for what, v in (("height", h), ("width", w)):
-        if not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
             raise ModelFileError(f"model {path}: input {what} {v!r} is outside 1..{MAX_SIDE} pixels "
                                  "(graph or rtdeploy.img_size metadata); re-export it with 'rtdeploy export'")
+    if size is not None and (size != h or size != w):
+        # --data decodes images at the metadata's size: it must be the size the graph runs at
+        raise ModelFileError(f"model {path}: its rtdeploy.img_size metadata ({size!r}) does not match its input "
+                             f"({h}x{w}); re-export it with 'rtdeploy export'")
     return h, w
 
 

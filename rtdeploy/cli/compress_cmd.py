@@ -158,6 +158,20 @@ def _render(r, out: Path, report: Path) -> None:
     title = (f"rtdeploy compress: {r.arch}, {r.criterion} at ratio {r.ratio:.3g} "
              f"({r.settings['prune']['scope']}, round-to {r.settings['prune']['round_to']})")
     console.print(fmt.rich_table(rows, title=title))
+    _render_search(r.prune)
     times = [{"stage": k.replace("_", " "), "seconds": f"{v:.1f}"} for k, v in r.seconds.items()]
     console.print(fmt.rich_table(times, title="time per stage"))
     console.print(f"wrote {out} and {report}")
+
+
+def _render_search(prune: dict) -> None:
+    """--round-to auto's choice and --target-latency-ms's trials (both also in the JSON report)."""
+    if prune.get("round_to_reason"):
+        console.print(f"round-to {prune['round_to_reason']}", highlight=False)
+    target = prune.get("target_latency")
+    if target:
+        trials = [{"ratio": f"{t['ratio']:.4f}", "MACs vs original": f"{t['macs_fraction']:.3f}",
+                   "latency ms": f"{t['latency_ms']:.3f}", "meets": "yes" if t["meets"] else "no"}
+                  for t in prune["search"]]
+        console.print(fmt.rich_table(trials, title=f"--target-latency-ms {target['ms']:g} ({target['provider']}, "
+                                                   f"{target['threads']} thread(s), batch {target['batch']}): trials"))

@@ -105,8 +105,9 @@ def _torchscript(model: nn.Module, example: torch.Tensor, opset: int, dynamic_ba
 
 
 def _dynamo(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
-    """torch.export + onnxscript. optimize=False: the simplifier that follows (onnxsim) folds and
-    fuses the same patterns, and skipping the exporter's own pass halves the export time."""
+    """torch.export + onnxscript. optimize=True: the exporter's own optimiser folds BatchNorm into
+    the convolutions (onnxsim does not), so the graph matches the TorchScript exporter's: without
+    it, BN stays in the file, counts as parameters and is quantised on its own by INT8."""
     try:
         import onnxscript  # noqa: F401 - the dynamo exporter's dependency
     except ImportError as e:
@@ -114,7 +115,7 @@ def _dynamo(model: nn.Module, example: torch.Tensor, opset: int, dynamic_batch: 
                           "or use --exporter torchscript") from e
     shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                opset_version=opset, dynamic_shapes=shapes, optimize=False, verbose=False)
+                                opset_version=opset, dynamic_shapes=shapes, optimize=True, verbose=False)
     graph = program.model_proto
     got = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:

@@ -52,8 +52,12 @@ class LatencyTarget:
             raise ConfigError(f"--latency-provider must be one of {', '.join(LATENCY_PROVIDERS)}, got {self.provider!r}")
         from ..bench.config import BenchConfig
 
-        BenchConfig(provider="cpu", threads=(self.threads,), batch_sizes=(self.batch,), rounds=self.rounds,
-                    runs=self.runs, warmup=self.warmup)  # the same bounds as bench (threads <= CPUs, ...)
+        try:  # the same bounds as bench (threads <= CPUs, ...), reported under compress's flag names
+            BenchConfig(provider="cpu", threads=(self.threads,), batch_sizes=(self.batch,), rounds=self.rounds,
+                        runs=self.runs, warmup=self.warmup)
+        except ConfigError as e:
+            text = str(e).replace("--threads", "--latency-threads").replace("--batch-sizes", "--latency-batch")
+            raise ConfigError(text) from None
 
     def describe(self) -> dict:
         return asdict(self) | {"timing": "in-process ONNX Runtime, median of round medians"}
