@@ -88,8 +88,10 @@ def compress(
 
     from ..prune.latency import LatencyTarget
 
-    if sum(v is not None for v in (ratio, target_macs, target_latency_ms)) > 1:
-        raise ConfigError("pass one of --ratio, --target-macs and --target-latency-ms, not several")
+    if ratio is not None and target_macs is not None:
+        raise ConfigError("pass either --ratio or --target-macs, not both")
+    if target_latency_ms is not None and (ratio is not None or target_macs is not None):
+        raise ConfigError("pass --target-latency-ms alone, without --ratio or --target-macs")
     latency = (LatencyTarget(target_latency_ms, latency_provider, latency_threads, latency_batch)
                if target_latency_ms is not None else None)
     cfg = CompressConfig(
