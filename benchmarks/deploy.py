@@ -16,6 +16,7 @@ speed-ups are the same as with fully trained models, but the accuracy columns me
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,8 +81,11 @@ def main(argv=None) -> None:
     cfg = BenchConfig(batch_sizes=(1, 32), threads=(1,), warmup=10, runs=1, seconds=0.1 if args.quick else args.seconds,
                       rounds=6 if args.quick else args.rounds)
     common.log("bench (interleaved rounds)")
+    load_before = os.getloadavg()
     report = bench_models([models[n] for n in order], cfg, data=args.data,
                           on_progress=lambda done, total, label: common.log(f"{done}/{total} {label}") if done % 10 == 0 else None)
+    load_after = os.getloadavg()
+    report.environment["load_average"] = {"before": list(load_before), "after": list(load_after)}
     for row, name in zip(report.models, order):
         row.name = name
     rows = _rows(report)
@@ -137,6 +141,10 @@ def _markdown(rows: list[dict], target: dict, report, choice, latency_only: bool
              "Latency: median of the round medians. Speed-up: median of the paired per-round ratios to the "
              "original, with its 95 % interval (order statistics); ! = interval wider than 10 %.", "",
              f"Round-to auto on this CPU: {choice.round_to} ({choice.reason}).", ""]
+    load = env.get("load_average")
+    if load:
+        lines += [f"Machine load (1/5/15-min load average) before: {', '.join(f'{v:.1f}' for v in load['before'])}; "
+                  f"after: {', '.join(f'{v:.1f}' for v in load['after'])} on {env['machine']['cores']} cores.", ""]
     if latency_only:
         lines += ["**Accuracy columns are not meaningful here**: the models were trained for one epoch on 12 images "
                   "per class (`--latency-only`); latency depends on the widths only, so speed-ups are valid.", ""]
