@@ -41,7 +41,7 @@ def _export_stages(args, ckpt, r) -> dict:
     test = splits_for(meta, args.data, max_per_class=r.max_per_class).test.normalised()[:256]
     out["load"] = time.perf_counter() - t
     t = time.perf_counter()
-    graph = to_onnx(model, meta.img_size, opset=DEFAULT_OPSET, dynamic_batch=True)
+    graph = to_onnx(model, meta.img_size, opset=DEFAULT_OPSET, dynamic_batch=True, exporter="torchscript")  # as its v1 results
     out["onnx_export"] = time.perf_counter() - t
     t = time.perf_counter()
     graph, ok = simplify(graph, "onnxsim")

@@ -96,7 +96,7 @@ def _latency(base, runs) -> dict:
         return {}
     common.log("latency of the original and pruned architectures")
     report = bench_models([base, pruned], BenchConfig(batch_sizes=(1,), threads=(1,), warmup=20, runs=200))
-    return {name: {"p50_ms": m.results[0].latency_ms.p50, "speedup": m.results[0].speedup, "mac_ratio": m.mac_ratio}
+    return {name: {"p50_ms": m.results[0].latency_ms.p50, "speedup": m.results[0].speedup.median, "mac_ratio": m.mac_ratio}
             for name, m in zip(("original", "pruned"), report.models)}
 
 

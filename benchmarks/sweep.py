@@ -62,7 +62,7 @@ def _latency(paths, args) -> list[dict]:
 
     common.log(f"latency of {len(paths)} models")
     report = bench_models(paths, BenchConfig(batch_sizes=(1,), threads=(1,), warmup=20, runs=20 if args.quick else 200))
-    return [{"p50_ms": m.results[0].latency_ms.p50, "speedup": m.results[0].speedup, "mac_ratio": m.mac_ratio,
+    return [{"p50_ms": m.results[0].latency_ms.p50, "speedup": m.results[0].speedup.median, "mac_ratio": m.mac_ratio,
              "accuracy_original": None} for m in report.models]
 
 

@@ -31,7 +31,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-OPSET = 17  # ONNX opset of `export` (onnxruntime 1.18+ runs it; 13-20 accepted)
+EXPORTER = "dynamo"  # torch's current ONNX exporter (torch.export + onnxscript); "torchscript" the fallback
+# ONNX opset of `export` per exporter: onnxscript's ops are opset 18 (its down-converter fails on
+# Reduce* below 18); 17 for the TorchScript exporter (ONNX Runtime >= 1.14, TensorRT >= 8.6)
+OPSETS = {"dynamo": 18, "torchscript": 17}
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class CompressRecipe:
     select: str
     ratio: float = 0.7  # the paper's
     scope: str = "local"
-    round_to: int = 8
+    round_to: int | str = 8  # or "auto" (prune/target.py)
     label_smoothing: float = 0.0
     batch_size: int = 64
     momentum: float = 0.9

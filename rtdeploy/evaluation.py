@@ -10,7 +10,6 @@ from .data import check_classes, load_splits
 from .errors import ConfigError
 from .models import attention_blocks, layer_widths
 from .models.complexity import count_macs_params
-from .train import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +79,8 @@ def evaluate_checkpoint(path: str | Path, data: str | None, *, data_root=None, s
                         load=load_splits) -> CheckpointEval:
     if split not in ("test", "val", "train"):
         raise ConfigError(f"--split must be test, val or train, got {split!r}")
+    from .train import evaluate  # here, not at the top: export and bench use this module without training code
+
     model, meta = load_checkpoint(path)
     splits = splits_for(meta, data, data_root=data_root, load=load)
     ds = getattr(splits, split)

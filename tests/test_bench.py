@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rtdeploy.bench import BenchConfig, bench_models
-from rtdeploy.bench_worker import _stopwatch
+from rtdeploy.bench.worker import _stopwatch
 from rtdeploy.cli.app import main
 from rtdeploy.errors import ConfigError
 from rtdeploy.export import ExportConfig, export_checkpoint
@@ -38,12 +38,16 @@ def _check_result(r: dict, batch_sizes: set[int]) -> None:
     assert r["provider"] == "CPUExecutionProvider" and r["threads"] == 1 and r["batch_size"] in batch_sizes
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and lat["mean"] > 0
     assert r["throughput_ips"] == pytest.approx(r["batch_size"] * 1e3 / lat["mean"])
-    assert r["session_ms"] > 0 and r["first_inference_ms"] > 0 and r["runs"] == 5
+    assert r["session_ms"] > 0 and r["first_inference_ms"] > 0 and r["runs"] == 5 * len(r["rounds"])
+    assert [x["round"] for x in r["rounds"]] == [1, 2] and all(x["runs"] == 5 for x in r["rounds"])
+    assert lat["p50"] == pytest.approx(sorted(x["p50_ms"] for x in r["rounds"])[0] / 2
+                                       + sorted(x["p50_ms"] for x in r["rounds"])[1] / 2)
+    assert set(r["speedup"]) >= {"median", "ci95"} and r["speedup"]["ci95"] is None  # 2 rounds: no interval
 
 
 def test_cli_bench_json_markdown_plot(models, tmp_path):
     out_json, out_md, out_png = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
-    argv = ["bench", str(models["base"]), str(models["pruned"]), "--runs", "5", "--warmup", "1",
+    argv = ["bench", str(models["base"]), str(models["pruned"]), "--runs", "5", "--warmup", "1", "--rounds", "2",
             "--batch-sizes", "1,2", "--data", "sample", "--json", str(out_json), "--markdown", str(out_md),
             "--plot", str(out_png)]
     assert main(argv) == 0
@@ -59,7 +63,7 @@ def test_cli_bench_json_markdown_plot(models, tmp_path):
         assert len(m["results"]) == 2
         for r in m["results"]:
             _check_result(r, {1, 2})
-    assert all(r["speedup"] == 1.0 for r in base["results"]) and base["mac_ratio"] == 1.0
+    assert all(r["speedup"]["median"] == 1.0 for r in base["results"]) and base["mac_ratio"] == 1.0
     assert pruned["mac_ratio"] > 2 and pruned["params"] < base["params"]
     assert "| base |" in out_md.read_text() and "speed-up" in out_md.read_text()
     assert out_png.read_bytes()[:8] == PNG_MAGIC
@@ -67,14 +71,14 @@ def test_cli_bench_json_markdown_plot(models, tmp_path):
 
 def test_checkpoint_is_exported_on_the_fly_with_a_torch_row(models):
     report = bench_models([models["base_ckpt"], models["pruned"]],
-                          BenchConfig(runs=5, warmup=1, torch=True, isolate=False))
+                          BenchConfig(runs=5, warmup=1, rounds=1, torch=True, isolate=False))
     onnx_row, torch_row, pruned = report.models
     assert (onnx_row.source, onnx_row.runtime, torch_row.runtime) == ("checkpoint", "onnxruntime", "torch")
     assert torch_row.name == "base (torch)" and torch_row.results[0].provider == "torch-eager"
     assert onnx_row.torch_macs > 0 and onnx_row.torch_params > 0 and pruned.torch_macs is None
     assert onnx_row.macs == pytest.approx(onnx_row.torch_macs, rel=0.1)
     assert onnx_row.accuracy is None and report.settings["data"] is None
-    assert onnx_row.results[0].speedup == 1.0 and pruned.mac_ratio > 2
+    assert onnx_row.results[0].speedup.median == 1.0 and pruned.mac_ratio > 2
 
 
 def test_time_boxed_runs():
@@ -116,7 +120,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(models, tmp_path, ca
         paths = _bad_model(kind, models, tmp_path)
     out = tmp_path / "out.json"
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert main(["bench", *paths, "--runs", "2", "--json", str(out), *options]) == 2
+    assert main(["bench", *paths, "--runs", "2", "--rounds", "1", "--json", str(out), *options]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("rtdeploy: error:"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
@@ -148,7 +152,7 @@ def test_mac_count_of_a_foreign_onnx_without_metadata(tmp_path):
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [w])
     path = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    report = bench_models([path], BenchConfig(runs=3, warmup=0, isolate=False), data="sample")
+    report = bench_models([path], BenchConfig(runs=3, warmup=0, rounds=1, isolate=False), data="sample")
     m = report.models[0]
     assert (m.params, m.macs, m.arch, m.accuracy) == (12, 8 * 8 * 4 * 3, None, None)
     assert report.notes and "no rtdeploy metadata" in report.notes[0]

@@ -5,9 +5,10 @@ from dataclasses import asdict, fields
 import pytest
 
 from rtdeploy.compress import CompressConfig, finetune_defaults
-from rtdeploy.defaults import COMPRESS_RECIPES, OPSET, TRAIN_RECIPES, resolve, shown
+from rtdeploy.defaults import COMPRESS_RECIPES, EXPORTER, OPSETS, TRAIN_RECIPES, resolve, shown
 from rtdeploy.errors import ConfigError
-from rtdeploy.export import DEFAULT_OPSET, ExportConfig
+from rtdeploy.export import ExportConfig
+from rtdeploy.export.onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSETS
 from rtdeploy.prune import PruneConfig
 from rtdeploy.train import TrainConfig
 from rtdeploy.train.selection import keep_peak, selection_split, significant_lead
@@ -22,7 +23,7 @@ def test_library_defaults_are_the_default_recipes():
     assert (cc.criterion, cc.loss, cc.distill, cc.r1, cc.kd_weight) == (c.criterion, c.loss, c.distill, c.r1, c.kd_weight)
     assert (cc.train.epochs, cc.train.lr, cc.train.schedule, cc.train.select) == (c.epochs, c.lr, c.schedule, c.select)
     assert (PruneConfig().ratio, PruneConfig().round_to, PruneConfig().scope) == (c.ratio, c.round_to, c.scope)
-    assert ExportConfig().opset == DEFAULT_OPSET == OPSET
+    assert ExportConfig().exporter == DEFAULT_EXPORTER == EXPORTER and DEFAULT_OPSETS is OPSETS
 
 
 def test_paper_recipe_is_the_old_behaviour():

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from .. import report as fmt
-from ..errors import ConfigError
+from ..errors import ConfigError, RtdeployError
 from ..fsutil import plan_outputs, write_text
 from .app import app
 from .common import Data, DataRoot, Force, JsonOut, console, data_input, err_console, load_data, progress
@@ -26,6 +26,12 @@ def int_list(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
+class BenchInterrupted(RtdeployError):
+    """Ctrl-C or SIGTERM during bench: exit 130. Bench has no --resume; nothing was written."""
+
+    exit_code = 130
+
+
 @app.command()
 def bench(
     models: Annotated[list[Path], typer.Argument(help=".onnx files or rtdeploy checkpoints (exported on the fly); the first is the baseline.")],
@@ -33,8 +39,12 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes, e.g. 1,32.")] = "1",
     threads: Annotated[str, typer.Option("--threads", help="Intra-op threads; a list such as 1,2 measures each.")] = "1",
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs before timing.")] = 10,
-    runs: Annotated[int, typer.Option("--runs", help="Timed runs per measurement.")] = 100,
-    seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time each measurement for this long instead of --runs.")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per model, setting and round.")] = 50,
+    seconds: Annotated[Optional[float], typer.Option("--seconds", help="Time each model, setting and round for this long (at most 600) instead of --runs.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds (A B A B ...); the speed-up is the median of per-round ratios, with a 95 % interval from 6 rounds on.")] = 10,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one measurement (one model, setting and round) may take before bench stops.")] = 300.0,
+    cpus: Annotated[Optional[str], typer.Option("--cpus", help="Pin the measuring processes to these CPUs, e.g. 2 or 2-3 (Linux).")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="GPU providers: FP16 (TensorRT FP16 engines; the graph converted to FP16 for CUDA).")] = False,
     data: Data = None, data_root: DataRoot = None,
     torch: Annotated[bool, typer.Option("--torch", help="Add a PyTorch eager row for each checkpoint.")] = False,
     graph_opt: Annotated[str, typer.Option("--graph-opt", help="ONNX Runtime graph optimisation: disable, basic, extended, all.")] = "all",
@@ -46,29 +56,37 @@ def bench(
 ):
     """Measure models side by side under ONNX Runtime: session creation, first inference,
     p50/p90/p99/mean latency, throughput, params, MACs, size and (with --data) accuracy on each
-    model's own test split. Each measurement runs alone in its own process. Speed-up is the
-    first model's p50 latency over each model's, at the same threads and batch size, with the
-    MAC ratio (first model's MACs over each model's) beside it.
+    model's own test split. Models and settings are measured in interleaved rounds, each
+    measurement alone in its own process. Speed-up is the median over rounds of the first
+    model's latency over each model's (same round, threads and batch size), with its 95 %
+    interval and the MAC ratio (first model's MACs over each model's) beside it; '!' marks an
+    unstable one (interval wider than 10 %). GPU providers report device-only and end-to-end
+    latency (I/O binding).
 
     Example: rtdeploy bench runs/base.onnx runs/pruned.onnx --batch-sizes 1,32 --threads 1,2 --data sample --json bench.json --plot bench.png
     """
-    from ..bench import BenchConfig, bench_models
+    from ..bench import BenchConfig, bench_models, parse_cpus
 
     cfg = BenchConfig(provider=provider, batch_sizes=int_list(batch_sizes, "--batch-sizes"),
                       threads=int_list(threads, "--threads"), warmup=warmup, runs=runs, seconds=seconds,
-                      graph_opt=graph_opt, torch=torch, isolate=isolate)
+                      rounds=rounds, graph_opt=graph_opt, torch=torch, isolate=isolate, timeout_s=timeout,
+                      cpus=parse_cpus(cpus) if cpus is not None else None, fp16=fp16)
     plan_outputs([*models, data_input(data)], {"--json": json_out, "--markdown": markdown, "--plot": plot}, force=force)
     if plot:
         from ..plots import _pyplot
 
         _pyplot()  # a missing matplotlib fails now, not after the measurements
-    with _bars() as (on_stage, on_progress):
-        r = bench_models(models, cfg, data=data, data_root=data_root, load=load_data,
-                         on_stage=on_stage, on_progress=on_progress)
+    try:
+        with _bars() as (on_stage, on_progress):
+            r = bench_models(models, cfg, data=data, data_root=data_root, load=load_data,
+                             on_stage=on_stage, on_progress=on_progress)
+    except KeyboardInterrupt:
+        raise BenchInterrupted("interrupted; no results were written (bench keeps nothing to resume: "
+                               "run it again, with fewer --rounds or --runs for a shorter run)") from None
     summary, latency = summary_rows(r), latency_rows(r)
     console.print(fmt.rich_table(_escaped(summary), title="models"))
-    console.print(fmt.rich_table(_escaped(latency), title=f"latency ({r.environment['provider']}, warm-up {cfg.warmup}, "
-                                                 f"{r.settings['runs'] or str(cfg.seconds) + ' s'} runs)"))
+    console.print(fmt.rich_table(_escaped(latency), title=f"latency ({r.environment['provider']}, {cfg.rounds} interleaved "
+                                                 f"round(s) of warm-up {cfg.warmup} + {r.settings['runs'] or str(cfg.seconds) + ' s of'} runs)"))
     console.print(environment_line(r), markup=False, highlight=False)
     for note in r.notes:
         err_console.print(f"note: {note}")
@@ -107,7 +125,7 @@ def _bars():
                 status.stop()
                 status = None
             if bar is None:
-                bar = stack.enter_context(progress())
+                bar = stack.enter_context(progress(transient=True))  # an error then stays one line
                 task = bar.add_task("bench", total=total, info="")
             bar.update(task, completed=done, info=escape(label))
 
@@ -132,21 +150,35 @@ def summary_rows(r) -> list[dict]:
              "1st run ms": f"{m.results[0].first_inference_ms:.2f}" if m.results else "-"} for m in r.models]
 
 
+def speedup_text(s) -> str:
+    """'7.95x [7.50-8.40]' (median and 95 % interval), '!' when unstable; '-' when not measured."""
+    if s is None:
+        return "-"
+    text = f"{s.median:.2f}x" + (f" [{s.ci95[0]:.2f}-{s.ci95[1]:.2f}]" if s.ci95 else "")
+    return text + (" !" if s.unstable else "")
+
+
 def latency_rows(r) -> list[dict]:
     """One row per model and setting; speed-up against the first model with the MAC ratio beside it."""
-    return [{"model": m.name, "threads": x.threads, "batch": x.batch_size,
-             "p50 ms": f"{x.latency_ms.p50:.3f}", "p90 ms": f"{x.latency_ms.p90:.3f}", "p99 ms": f"{x.latency_ms.p99:.3f}",
-             "mean ms": f"{x.latency_ms.mean:.3f}", "img/s": f"{x.throughput_ips:,.0f}",
-             "speed-up": f"{x.speedup:.2f}x" if x.speedup else "-",
-             "MAC ratio": f"{m.mac_ratio:.2f}x" if m.mac_ratio else "-"}
-            for m in r.models for x in m.results]
+    rows = []
+    for m in r.models:
+        for x in m.results:
+            row = {"model": m.name, "threads": x.threads, "batch": x.batch_size,
+                   "p50 ms": f"{x.latency_ms.p50:.3f}", "p90 ms": f"{x.latency_ms.p90:.3f}",
+                   "p99 ms": f"{x.latency_ms.p99:.3f}", "mean ms": f"{x.latency_ms.mean:.3f}"}
+            if x.device_latency_ms is not None:
+                row["device p50 ms"] = f"{x.device_latency_ms.p50:.3f}"
+            rows.append(row | {"img/s": f"{x.throughput_ips:,.0f}", "CV": f"{100 * x.cv:.1f} %",
+                               "speed-up [95 % CI]": speedup_text(x.speedup),
+                               "MAC ratio": f"{m.mac_ratio:.2f}x" if m.mac_ratio else "-"})
+    return rows
 
 
 def environment_line(r) -> str:
     e = r.environment
     return (f"{e['machine']['cpu']} ({e['machine']['cores']} cores; {', '.join(e['machine']['cpu_flags']) or 'no SIMD flags'}), "
             f"onnxruntime {e['versions'].get('onnxruntime', '?')}, graph optimisation {e['graph_optimization_level']}, "
-            f"{e['isolation']}")
+            f"{e['isolation']}" + (f", pinned to CPUs {','.join(map(str, e['cpus']))}" if e.get("cpus") else ""))
 
 
 def markdown_report(r) -> str:

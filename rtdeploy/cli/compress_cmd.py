@@ -18,7 +18,6 @@ from .app import app
 from .common import (Data, DataCache, DataRoot, Device, Force, SkipBad, Workers, bounded, console, data_input, load_data, progress,
                      recipe_option)
 
-MAX_ROUND_TO = 1024         # channels are rounded to multiples of this; wider than any layer
 MAX_LOSS_WEIGHT = 1e6       # --r1/--r2: finite weights; the AML terms are O(1)
 MAX_KD_TEMPERATURE = 1e4
 
@@ -43,9 +42,21 @@ TargetMacs = Annotated[Optional[float], typer.Option(
     help="Instead of --ratio: the MACs to keep, as a fraction of the original (e.g. 0.1); the ratio is searched.")]
 Scope = Annotated[Optional[str], _opt("--scope", "scope", "local: the same ratio in every layer (the paper's); "
                                                           "global: one ranking over all layers.")]
-RoundTo = Annotated[Optional[int], _opt(
+RoundTo = Annotated[Optional[str], _opt(
     "--round-to", "round_to", "Keep widths at multiples of this (8 ran ~2x faster on ONNX Runtime CPU at equal "
-                              "MACs); 1 = no rounding.", 1, MAX_ROUND_TO, integer=True)]
+                              "MACs); 1 = no rounding; auto = the target's SIMD width (this CPU, or tensor-core "
+                              "multiples with --latency-provider cuda/tensorrt), recorded in the report.")]
+TargetLatency = Annotated[Optional[float], typer.Option(
+    "--target-latency-ms", callback=bounded("--target-latency-ms", 0, 1e7, low_open=True),
+    help="Instead of --ratio: the inference latency to meet, in ms; the ratio is searched by exporting and timing "
+         "candidates on this machine before fine-tuning.")]
+LatencyProvider = Annotated[str, typer.Option(
+    "--latency-provider", help="With --target-latency-ms (and --round-to auto): where the model will run: cpu, cuda or tensorrt.")]
+LatencyThreads = Annotated[int, typer.Option("--latency-threads", callback=bounded("--latency-threads", 1, 4096, integer=True),
+                                             help="With --target-latency-ms: inference threads.")]
+LatencyBatch = Annotated[int, typer.Option(
+    "--latency-batch", callback=bounded("--latency-batch", 1, MAX_BATCH, integer=True),
+    help="With --target-latency-ms: images per inference call (not the fine-tuning --batch-size).")]
 Loss = Annotated[Optional[str], _opt("--loss", "loss", "Fine-tuning loss: aml (adaptive mining loss, the paper's) or ce.")]
 R1 = Annotated[Optional[float], _opt("--r1", "r1", "AML weight of the hard-sample term exp(d + d^2).", 0, MAX_LOSS_WEIGHT)]
 R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entropy term.", 0, MAX_LOSS_WEIGHT)]
@@ -86,6 +97,8 @@ def compress(
     augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
     calib_images: CalibImages = None, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
+    target_latency_ms: TargetLatency = None, latency_provider: LatencyProvider = "cpu",
+    latency_threads: LatencyThreads = 1, latency_batch: LatencyBatch = 1,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="Continue an interrupted run from its '<out>.last' file (same command otherwise).")] = None,
 ):
@@ -100,8 +113,14 @@ def compress(
     from ..evaluation import splits_for
     from ..prune import PruneConfig
 
+    from ..prune.latency import LatencyTarget
+
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either --ratio or --target-macs, not both")
+    if target_latency_ms is not None and (ratio is not None or target_macs is not None):
+        raise ConfigError("pass --target-latency-ms alone, without --ratio or --target-macs")
+    latency = (LatencyTarget(target_latency_ms, latency_provider, latency_threads, latency_batch)
+               if target_latency_ms is not None else None)
     r = resolve(C, recipe, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, loss=loss, r1=r1, r2=r2,
                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
@@ -109,7 +128,8 @@ def compress(
     cfg = CompressConfig(
         criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
         kd_weight=r.kd_weight, calib_images=r.calib_images,
-        prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs),
+        prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs,
+                          round_to_target=latency_provider, target_latency=latency),
         train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
     epochs = r.epochs
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
@@ -229,9 +249,23 @@ def _render(r, out: Path, report: Path) -> None:
     title = (f"rtdeploy compress: {r.arch}, {r.criterion} at ratio {r.ratio:.3g} "
              f"({r.settings['prune']['scope']}, round-to {r.settings['prune']['round_to']})")
     console.print(fmt.rich_table(rows, title=title))
+    _render_search(r.prune)
     ft = r.finetune
     console.print(f"kept fine-tuning epoch {ft['best_epoch']} of {len(ft['epochs'])}, selected on: {r.selected_on}"
                   + ("  [bold red](test accuracy selected on test: optimistic)[/]" if r.selected_on.startswith("test") else ""))
     times = [{"stage": k.replace("_", " "), "seconds": f"{v:.1f}"} for k, v in r.seconds.items()]
     console.print(fmt.rich_table(times, title="time per stage"))
     console.print(f"wrote {out} and {report}")
+
+
+def _render_search(prune: dict) -> None:
+    """--round-to auto's choice and --target-latency-ms's trials (both also in the JSON report)."""
+    if prune.get("round_to_reason"):
+        console.print(f"round-to {prune['round_to_reason']}", highlight=False)
+    target = prune.get("target_latency")
+    if target:
+        trials = [{"ratio": f"{t['ratio']:.4f}", "MACs vs original": f"{t['macs_fraction']:.3f}",
+                   "latency ms": f"{t['latency_ms']:.3f}", "meets": "yes" if t["meets"] else "no"}
+                  for t in prune["search"]]
+        console.print(fmt.rich_table(trials, title=f"--target-latency-ms {target['ms']:g} ({target['provider']}, "
+                                                   f"{target['threads']} thread(s), batch {target['batch']}): trials"))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import report as fmt
-from ..defaults import OPSET
+from ..defaults import EXPORTER, OPSETS
 from ..fields import MAX_BATCH, MAX_IMAGES
 from ..fsutil import check_file_name, plan_outputs, write_text
 from .app import app
@@ -20,7 +20,8 @@ MAX_TOLERANCE = 1e6  # --atol/--rtol: finite; logits differ by far less
 def export(
     ckpt: Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")],
     out: Annotated[Path, typer.Option("--out", help="ONNX file to write; with --int8 the INT8 copy goes beside it as <name>.int8.onnx.")],
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (13-20).")] = OPSET,
+    opset: Annotated[Optional[int], typer.Option("--opset", help=f"ONNX opset: 18-20 with --exporter dynamo (default {OPSETS['dynamo']}), 13-20 with torchscript (default {OPSETS['torchscript']}).", show_default=False)] = None,
+    exporter: Annotated[str, typer.Option("--exporter", help="dynamo (torch.export + onnxscript, torch's current exporter) or torchscript (the deprecated tracing exporter, a fallback).")] = EXPORTER,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch", help="Symbolic batch dimension, or a fixed one (--batch-size).")] = True,
     batch_size: Annotated[int, typer.Option("--batch-size", callback=bounded("--batch-size", 1, MAX_BATCH, integer=True), help="The fixed batch of a --static-batch graph.")] = 1,
     simplifier: Annotated[str, typer.Option("--simplifier", help="onnxsim, onnxslim or none.")] = "onnxsim",
@@ -47,7 +48,7 @@ def export(
     """
     from ..export import ExportConfig, Tolerance, export_checkpoint, int8_path
 
-    cfg = ExportConfig(opset=opset, dynamic_batch=dynamic_batch, batch_size=batch_size, simplifier=simplifier,
+    cfg = ExportConfig(opset=opset, exporter=exporter, dynamic_batch=dynamic_batch, batch_size=batch_size, simplifier=simplifier,
                        tolerance=Tolerance(atol, rtol, min_agreement), parity_images=parity_images, int8=int8,
                        calib_data=calib_data, calib_images=calib_images, int8_min_agreement=int8_min_agreement,
                        int8_reduce_range=int8_reduce_range)
@@ -68,7 +69,7 @@ def _rows(r) -> list[dict]:
     allowed = f"{p.allowed_abs_diff:.2g}" if p.allowed_abs_diff is not None else "-"
     batch = "dynamic" if r.dynamic_batch else f"static {r.batch_size}"
     rows = [{"": "model", "value": f"{r.arch} from {r.checkpoint}"},
-            {"": "graph", "value": f"opset {r.opset}, batch {batch}, {r.nodes['before']} -> {r.nodes['after']} nodes "
+            {"": "graph", "value": f"{r.exporter.split(':')[0]} exporter, opset {r.opset}, batch {batch}, {r.nodes['before']} -> {r.nodes['after']} nodes "
                                    f"({r.simplifier if r.simplified else 'not simplified'})"},
             {"": "size", "value": f"{r.size_bytes:,} bytes"},
             {"": "onnx.checker", "value": "passed (full check)" if r.checker_passed else "failed"},

@@ -24,7 +24,8 @@ from ..evaluation import split_settings, splits_for
 from ..fsutil import atomic_path
 from .graph import node_count
 from .metadata import meta_from_checkpoint, write_metadata
-from .onnx_export import DEFAULT_OPSET, check_graph, check_opset, check_simplifier, simplify, to_onnx
+from .onnx_export import (DEFAULT_EXPORTER, DEFAULT_OPSETS, check_exporter, check_graph, check_opset, check_simplifier,
+                          exporter_record, record_exporter, simplify, to_onnx)
 from .parity import ParityResult, Tolerance, check_parity, compare_logits, make_session, run_session
 from .quantize import quantize_int8
 
@@ -34,7 +35,8 @@ RANDOM_IMAGES = 16
 
 @dataclass
 class ExportConfig:
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None       # None: the exporter's default (dynamo 18, torchscript 17)
+    exporter: str = DEFAULT_EXPORTER  # "dynamo" (torch.export + onnxscript) or "torchscript"
     dynamic_batch: bool = True
     batch_size: int = 1            # the fixed batch of a --static-batch graph
     simplifier: str = "onnxsim"
@@ -47,7 +49,10 @@ class ExportConfig:
     int8_reduce_range: bool = False  # 7-bit weights, for AVX2 CPUs without VNNI (see quantize.py)
 
     def __post_init__(self):
-        check_opset(self.opset)
+        check_exporter(self.exporter)
+        if self.opset is None:
+            self.opset = DEFAULT_OPSETS[self.exporter]
+        check_opset(self.opset, self.exporter)
         check_simplifier(self.simplifier)
         for flag, value, low in (("--batch-size", self.batch_size, 1), ("--parity-images", self.parity_images, 0),
                                  ("--calib-images", self.calib_images, 1)):
@@ -86,6 +91,7 @@ class ExportReport:
     checkpoint: str
     arch: str
     opset: int
+    exporter: str                    # rtdeploy.exporter in the file: which exporter, which torch
     dynamic_batch: bool
     batch_size: int | None           # None when dynamic
     simplifier: str
@@ -168,13 +174,15 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, cfg: ExportConfig | Non
     parity_in = _Images(*_subset(real.x, real.y, cfg.parity_images), real.source) if real else \
         _random_images(meta.img_size, max(RANDOM_IMAGES, cfg.batch_size))
 
-    stage(f"exporting to ONNX (opset {cfg.opset})")
-    graph = to_onnx(model, meta.img_size, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch_size=cfg.batch_size)
+    stage(f"exporting to ONNX ({cfg.exporter} exporter, opset {cfg.opset})")
+    graph = to_onnx(model, meta.img_size, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, batch_size=cfg.batch_size,
+                    exporter=cfg.exporter)
     before = node_count(graph)
     stage(f"simplifying ({cfg.simplifier})")
     graph, simplified = simplify(graph, cfg.simplifier)
     onnx_meta = meta_from_checkpoint(meta, split=split_settings(meta), data=_trained_on(meta))
     write_metadata(graph, onnx_meta)
+    record_exporter(graph, cfg.exporter)
     check_graph(graph)
     blob = graph.SerializeToString()
 
@@ -191,7 +199,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, cfg: ExportConfig | Non
         int8, int8_blob = _int8(graph, onnx_meta, cfg, calib, real, fp32_logits, out, stage)
     _write(out, blob, int8_blob)
     return ExportReport(
-        path=str(out), checkpoint=str(ckpt), arch=meta.arch, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+        path=str(out), checkpoint=str(ckpt), arch=meta.arch, opset=cfg.opset,
+        exporter=exporter_record(cfg.exporter), dynamic_batch=cfg.dynamic_batch,
         batch_size=None if cfg.dynamic_batch else cfg.batch_size, simplifier=cfg.simplifier,
         simplified=simplified, nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
         checker_passed=True, parity=parity, accuracy=_accuracy(fp32_logits, real.y) if real else None,
@@ -232,6 +241,7 @@ def _int8(graph, onnx_meta, cfg: ExportConfig, calib, real: _Images | None, fp32
     stage(f"INT8 calibration on {len(calib_x)} images")
     q = quantize_int8(graph, calib_x.numpy(), batch_size=batch, reduce_range=cfg.int8_reduce_range)
     write_metadata(q, replace(onnx_meta, precision="int8"))
+    record_exporter(q, cfg.exporter)
     check_graph(q, "INT8 graph")
     blob = q.SerializeToString()
     images = real or _Images(*_subset(calib.test.normalised(), None, cfg.parity_images), "calibration test split")

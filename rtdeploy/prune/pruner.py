@@ -36,26 +36,48 @@ class PruneConfig:
     """`ratio`: share of channels removed per layer (local) or over the whole net (global).
     `round_to`: kept widths are multiples of this (8 by default: on ONNX Runtime CPU, AVX2 kernels
     block channels by 8, and widths rounded to 8 ran about 2x faster at equal MACs). 1: no rounding.
-    `target_macs`: when set, the ratio is searched so that MACs after / before ~= target_macs."""
+    `round_to="auto"`: the multiple that suits `round_to_target` ("cpu": this CPU's SIMD width;
+    "cuda"/"tensorrt": tensor-core multiples), see target.py; the choice and its reason are kept.
+    `target_macs`: when set, the ratio is searched so that MACs after / before ~= target_macs.
+    `target_latency` (a latency.LatencyTarget): the ratio is searched so that the exported model
+    meets a latency measured on this machine (latency.py)."""
 
     ratio: float = COMPRESS.ratio
     scope: str = COMPRESS.scope
-    round_to: int = COMPRESS.round_to
+    round_to: int | str = COMPRESS.round_to
     target_macs: float | None = None
     taylor_batches: int = 8  # calibration batches backpropagated for --criterion taylor
+    round_to_target: str = "cpu"
+    round_to_reason: str | None = None   # set when round_to was "auto"
+    target_latency: object | None = None  # latency.LatencyTarget
 
     def __post_init__(self):
+        self._resolve_round_to()
         if self.target_macs is None and not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
             raise ConfigError(f"--target-macs must be a fraction of the original MACs in (0, 1), "
                               f"got {self.target_macs}")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ConfigError(f"--round-to must be an integer >= 1 (1: no rounding), got {self.round_to}")
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or not 1 <= self.round_to <= 4096:
+            raise ConfigError(f"--round-to must be 'auto' or an integer from 1 (no rounding) to 4096, got {self.round_to!r}")
         if self.scope not in SCOPES:
             raise ConfigError(f"--scope must be local or global, got {self.scope!r}")
         if self.taylor_batches < 1:
             raise ConfigError(f"taylor_batches must be >= 1, got {self.taylor_batches}")
+        if self.target_latency is not None and self.target_macs is not None:
+            raise ConfigError("pass either --target-macs or --target-latency-ms, not both")
+
+    def _resolve_round_to(self) -> None:
+        """'auto' -> the target's multiple (reason kept); '16' -> 16; anything else is left for the check."""
+        if isinstance(self.round_to, str):
+            text = self.round_to.strip().lower()
+            if text == "auto":
+                from .target import choose_round_to
+
+                choice = choose_round_to(self.round_to_target)
+                self.round_to, self.round_to_reason = choice.round_to, f"auto -> {choice.round_to}: {choice.reason}"
+            elif text.isdigit():
+                self.round_to = int(text)
 
 
 @dataclass
@@ -72,7 +94,9 @@ class PruneReport:
     widths_before: dict[str, int]
     widths_after: dict[str, int]
     seconds: float
-    search: list[dict] = field(default_factory=list)  # --target-macs trials: ratio, macs_fraction
+    search: list[dict] = field(default_factory=list)  # --target-macs / --target-latency-ms trials
+    round_to_reason: str | None = None                 # --round-to auto: what was chosen and why
+    target_latency: dict | None = None                 # --target-latency-ms: the target and how it was timed
 
     @property
     def macs_fraction(self) -> float:
@@ -122,7 +146,7 @@ def _check_not_emptied(model: nn.Module, ratio: float) -> None:
 
 def check_ratio(model: nn.Module, cfg: PruneConfig) -> None:
     """Before any work: ConfigError when --ratio (local scope) would empty a layer of `model`."""
-    if cfg.scope == "local" and cfg.target_macs is None:
+    if cfg.scope == "local" and cfg.target_macs is None and cfg.target_latency is None:
         _check_not_emptied(model, cfg.ratio)
 
 
@@ -234,6 +258,11 @@ def prune_model(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
     ratio, search = cfg.ratio, []
     if cfg.target_macs is not None:
         ratio, search = _search_ratio(model, criterion, example_inputs, cfg, macs0, seed)
+    elif cfg.target_latency is not None:
+        from .latency import search_latency
+
+        ratio, search = search_latency(model, lambda m, r: _prune_trial(m, criterion, example_inputs, cfg, r, seed),
+                                       example_inputs, cfg.target_latency, macs0)
     _prune_once(model, criterion, example_inputs, cfg, ratio, seed)
     model.zero_grad(set_to_none=True)
     _verify(model, example_inputs, out_shape)
@@ -242,4 +271,14 @@ def prune_model(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
     log.info("pruned with %s at ratio %.3f: MACs %d -> %d, params %d -> %d", criterion, ratio,
              macs0, macs1, params0, params1)
     return PruneReport(criterion, ratio, cfg.scope, cfg.round_to, cfg.target_macs, params0, params1,
-                       macs0, macs1, widths0, conv_widths(model), time.perf_counter() - t0, search)
+                       macs0, macs1, widths0, conv_widths(model), time.perf_counter() - t0, search,
+                       cfg.round_to_reason, cfg.target_latency.describe() if cfg.target_latency is not None else None)
+
+
+def _prune_trial(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig, ratio: float,
+                 seed: int) -> nn.Module:
+    """A pruned copy of `model` at `ratio` (local scope: widths do not depend on the ranking, so the
+    cheap random one stands in, as in the --target-macs search)."""
+    trial = _copy_with_grads(model)
+    _prune_once(trial, "random" if cfg.scope == "local" else criterion, example_inputs, cfg, ratio, seed)
+    return trial

@@ -1,4 +1,4 @@
-"""One latency measurement, meant to run in its own process: `python -m rtdeploy.bench_worker`
+"""One latency measurement, meant to run in its own process: `python -m rtdeploy.bench.worker`
 reads a JSON spec on stdin and prints one JSON line with the raw latencies.
 
 Why a process per measurement: ONNX Runtime thread pools spin while waiting for work, and
@@ -9,11 +9,17 @@ starts fast; torch is imported only for the PyTorch eager reference row.
 
 Spec keys: kind ("onnx" | "torch"), path, input_name, shape [3,H,W], batch_size, threads,
 warmup, runs, seconds (or null), providers (ORT names, first = the one measured),
-graph_opt (disable|basic|extended|all), spinning (bool).
+graph_opt (disable|basic|extended|all), spinning (bool), cpus (list or null: pin this process),
+deadline_s (or null: give up between runs after this long; the parent also kills the process),
+fp16 (bool, GPU providers: TensorRT's FP16 mode, or the graph converted to FP16 for CUDA).
+
+GPU providers are measured twice per round through I/O binding (gpu.py): device-only (input and
+output stay on the GPU) and end to end (host input copied in, output copied back).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -22,17 +28,36 @@ import numpy as np
 INPUT_SEED = 0  # the random inputs are the same in every run; bench reports record it
 
 
-def _stopwatch(fn, warmup: int, runs: int, seconds: float | None) -> list[float]:
-    """Latencies in ms of `fn()`: after `warmup` calls, `runs` calls or as many as fit in `seconds`."""
+class MeasureTimeout(Exception):
+    """The measurement ran past its deadline (checked between runs)."""
+
+
+def _stopwatch(fn, warmup: int, runs: int, seconds: float | None, *, clock=time.perf_counter,
+               give_up_at: float | None = None) -> list[float]:
+    """Latencies in ms of `fn()`: after `warmup` calls, `runs` calls or as many as fit in `seconds`.
+
+    `clock` is injectable (tests use a fake one); past `give_up_at` (a clock value) it raises
+    MeasureTimeout, so an in-process measurement cannot run forever either."""
+    def check():
+        if give_up_at is not None and clock() > give_up_at:
+            raise MeasureTimeout
     for _ in range(warmup):
         fn()
+        check()
     out: list[float] = []
-    deadline = time.perf_counter() + seconds if seconds else None
-    while (len(out) < runs) if deadline is None else (time.perf_counter() < deadline or not out):
-        t = time.perf_counter()
+    deadline = clock() + seconds if seconds else None
+    while (len(out) < runs) if deadline is None else (clock() < deadline or not out):
+        t = clock()
         fn()
-        out.append((time.perf_counter() - t) * 1e3)
+        out.append((clock() - t) * 1e3)
+        check()
     return out
+
+
+def pin(cpus) -> None:
+    """Pin this process (and the threads it starts later) to `cpus`, when given (Linux)."""
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
 
 
 def _timed(fn):
@@ -58,27 +83,38 @@ def session_options(threads: int, graph_opt: str, spinning: bool):
     return opts
 
 
+def _give_up_at(spec: dict, start: float) -> float | None:
+    return start + spec["deadline_s"] if spec.get("deadline_s") else None
+
+
+def input_batch(spec: dict) -> np.ndarray:
+    return np.random.default_rng(INPUT_SEED).standard_normal((spec["batch_size"], *spec["shape"]), dtype=np.float32)
+
+
 def measure_onnx(spec: dict) -> dict:
     import onnxruntime as ort
 
-    x = np.random.default_rng(INPUT_SEED).standard_normal((spec["batch_size"], *spec["shape"]), dtype=np.float32)
+    start = time.perf_counter()
+    x = input_batch(spec)
     opts = session_options(spec["threads"], spec["graph_opt"], spec["spinning"])
+    if spec["providers"][0] != "CPUExecutionProvider":
+        from .gpu import measure_gpu
+
+        return measure_gpu(spec, x, opts, _give_up_at(spec, start))
     sess, session_ms = _timed(lambda: ort.InferenceSession(spec["path"], sess_options=opts, providers=spec["providers"]))
-    wanted, got = spec["providers"][0], sess.get_providers()[0]
-    if got != wanted:
-        raise RuntimeError(f"ONNX Runtime fell back from {wanted} to {got}; the {wanted} libraries "
-                           "(CUDA/cuDNN/TensorRT) are not usable on this machine")
     feed = {spec["input_name"]: x}
     _, first_ms = _timed(lambda: sess.run(None, feed))
-    lat = _stopwatch(lambda: sess.run(None, feed), spec["warmup"], spec["runs"], spec["seconds"])
-    return {"session_ms": session_ms, "first_ms": first_ms, "latencies_ms": lat, "provider": got}
+    lat = _stopwatch(lambda: sess.run(None, feed), spec["warmup"], spec["runs"], spec["seconds"],
+                     give_up_at=_give_up_at(spec, start))
+    return {"session_ms": session_ms, "first_ms": first_ms, "latencies_ms": lat, "provider": sess.get_providers()[0]}
 
 
 def measure_torch(spec: dict) -> dict:
     import torch
 
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
+    start = time.perf_counter()
     previous = torch.get_num_threads()
     torch.set_num_threads(spec["threads"])
     try:
@@ -86,7 +122,8 @@ def measure_torch(spec: dict) -> dict:
         x = torch.randn(spec["batch_size"], *spec["shape"], generator=torch.Generator().manual_seed(INPUT_SEED))
         with torch.inference_mode():
             _, first_ms = _timed(lambda: model(x))
-            lat = _stopwatch(lambda: model(x), spec["warmup"], spec["runs"], spec["seconds"])
+            lat = _stopwatch(lambda: model(x), spec["warmup"], spec["runs"], spec["seconds"],
+                             give_up_at=_give_up_at(spec, start))
     finally:
         torch.set_num_threads(previous)  # matters only in-process (isolate=False)
     return {"session_ms": session_ms, "first_ms": first_ms, "latencies_ms": lat, "provider": "torch-eager"}
@@ -98,7 +135,12 @@ def measure(spec: dict) -> dict:
 
 def main() -> int:
     try:
-        result = measure(json.loads(sys.stdin.read()))
+        spec = json.loads(sys.stdin.read())
+        pin(spec.get("cpus"))
+        result = measure(spec)
+    except MeasureTimeout:
+        print(json.dumps({"timeout": True}))
+        return 1
     except Exception as e:  # noqa: BLE001 - reported to the parent, which raises a typed error
         print(json.dumps({"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}))
         return 1
