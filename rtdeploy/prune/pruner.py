@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import ConfigError, PipelineError
 from ..models.complexity import count_macs_params
 from ..models.layers import attention_blocks
+from ..models.se_kinds import squeeze_layer
 from .criteria import NEEDS_GRADIENTS, check_criterion, create_criterion
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
                 ratio: float, seed: int) -> None:
     if cfg.scope == "local":
         _check_not_emptied(model, ratio)
-    ignored = [classifier_of(model)] + [se.fc1 for se in attention_blocks(model).values()]
+    ignored = [classifier_of(model)] + [squeeze_layer(se) for se in attention_blocks(model).values()]
     pruner = _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
                      pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
                      ignored_layers=ignored)  # SE fc1: keep the SE bottleneck at C/16 if SE stays
