@@ -165,7 +165,8 @@ def _link(se_node: fx.Node, modules: dict[str, nn.Module]) -> FoldLink:
         node = _skip_identity(node.args[0], modules)
     if not (isinstance(node, fx.Node) and node.op == "call_module"
             and isinstance(modules[node.target], nn.BatchNorm2d)):
-        raise fail(f"it follows {_describe(node, modules) if isinstance(node, fx.Node) else node!r}")
+        via = f" through {', '.join(_describe(a, modules) for a in acts)}" if acts else ""
+        raise fail(f"it follows {_describe(node, modules) if isinstance(node, fx.Node) else node!r}{via}")
     bn = modules[node.target]
     if len(node.users) != 1:
         raise fail(f"BatchNorm '{node.target}' also feeds {len(node.users) - 1} other op(s)")
