@@ -101,11 +101,13 @@ def rounded_width(keep: int, channels: int, round_to: int) -> int:
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The final Linear layer (the class outputs), which pruning must leave whole."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("the model has no Linear classifier layer; only image classifiers can be pruned")
-    return linears[-1]
+    """The final Linear layer (the class outputs), which pruning must leave whole. Fully
+    convolutional classifiers (SqueezeNet) end in a conv whose channels are the classes."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)] or \
+        [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not layers:
+        raise ConfigError("the model has no Linear or Conv2d classifier layer; only image classifiers can be pruned")
+    return layers[-1]
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:

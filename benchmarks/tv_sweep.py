@@ -1,0 +1,202 @@
+"""Every torchvision classifier through train -> compress -> export, or refused up front (issue 12).
+
+For each name in torchvision.models.list_models(module=torchvision.models): train `tv/<name>` for
+one epoch on a tiny real folder (3 UC Merced classes x 4 images of the embedded sample) at the
+smallest input the model accepts, compress it with a baseline criterion (l1, ratio 0.5, one
+fine-tuning epoch), export it to ONNX with the parity check. The outcome per model is one of
+
+  worked   the exported pruned model passed parity (params/MACs before and after recorded)
+  refused  compress's preflight said why this architecture cannot be pruned (a one-line exit-2
+           message, before any work), recorded verbatim
+  failed   anything else (a crash, a refusal after work started): a bug to fix
+
+Runs in-process through the library calls the CLI makes (the CLI itself is exercised for a
+couple of models in tests/test_tv_sweep.py). Writes benchmarks/results/tv_sweep.{json,md}.
+
+    python -m benchmarks.tv_sweep [--only a,b] [--skip c] [--work-dir runs/tv_sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RESULTS, log, provenance, write_results
+
+CANDIDATE_SIZES = (32, 64, 75, 96, 128, 160, 224)  # inception_v3 needs 75, ViTs exactly 224
+CLASSES, PER_CLASS = 3, 4
+CRITERION, RATIO = "l1", 0.5
+
+
+def tiny_folder(root: Path) -> Path:
+    """CLASSES x PER_CLASS real images: links into the embedded UC Merced sample."""
+    from rtdeploy.data import sample_path
+
+    if root.is_dir():
+        return root
+    src = sample_path()
+    for cls in sorted(p.name for p in src.iterdir() if p.is_dir())[:CLASSES]:
+        (root / cls).mkdir(parents=True)
+        for img in sorted((src / cls).iterdir())[:PER_CLASS]:
+            shutil.copyfile(img, root / cls / img.name)
+    return root
+
+
+def smallest_input(arch: str, sizes=CANDIDATE_SIZES) -> int:
+    """The smallest square size at which `arch` runs forward in train mode (batch 2) and eval mode."""
+    from rtdeploy.models import create_model
+
+    model = create_model(arch, CLASSES)
+    for size in sizes:
+        try:
+            with torch.no_grad():
+                model.train()(torch.zeros(2, 3, size, size))
+                model.eval()(torch.zeros(1, 3, size, size))
+            return size
+        except (RuntimeError, ValueError, AssertionError):
+            continue
+    raise ValueError(f"{arch} runs at none of the sizes {sizes}")
+
+
+def _train(splits, arch: str, work: Path) -> Path:
+    from rtdeploy.train import TrainConfig
+    from rtdeploy.train.job import run_training
+
+    out = work / "base.pt"
+    run_training(splits, arch, TrainConfig(epochs=1, batch_size=16, lr=0.01, schedule="constant", seed=0), out)
+    return out
+
+
+def _untrained(arch: str, splits, out: Path) -> Path:
+    from rtdeploy.checkpoint import ModelMeta, save_checkpoint
+    from rtdeploy.models import create_model
+
+    meta = ModelMeta(arch=arch, classes=list(splits.classes), img_size=splits.img_size, mean=splits.mean, std=splits.std)
+    save_checkpoint(out, create_model(arch, len(splits.classes)), meta)
+    return out
+
+
+def _compress_cfg():
+    from rtdeploy.compress import CompressConfig
+    from rtdeploy.prune import PruneConfig
+    from rtdeploy.train import TrainConfig
+
+    return CompressConfig(criterion=CRITERION, loss="ce", prune=PruneConfig(ratio=RATIO),
+                          train=TrainConfig(epochs=1, batch_size=16, lr=0.001, schedule="constant", seed=0),
+                          calib_images=16)
+
+
+def run_one(name: str, data: Path, work: Path) -> dict:
+    """One model through the pipeline; the outcome row (never raises)."""
+    from rtdeploy.compress import compress, preflight
+    from rtdeploy.data import load_splits
+    from rtdeploy.errors import UserInputError
+    from rtdeploy.export import ExportConfig, export_checkpoint
+
+    arch, row, t0 = f"tv/{name}", {"name": name, "stage_seconds": {}}, time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    stage, cfg = "input size", _compress_cfg()
+
+    def enter(next_stage: str) -> None:
+        nonlocal stage, t0
+        row["stage_seconds"][stage] = round(time.perf_counter() - t0, 2)
+        stage, t0 = next_stage, time.perf_counter()
+
+    try:
+        row["img_size"] = size = smallest_input(arch)
+        splits = load_splits(str(data), img_size=size, seed=0)
+        enter("preflight")  # what `rtdeploy compress` checks before any work depends on the architecture only
+        try:
+            preflight(_untrained(arch, splits, work / "untrained.pt"), cfg)
+        except UserInputError as e:
+            enter("done")
+            row.update(outcome="refused", reason=str(e), seconds=round(sum(row["stage_seconds"].values()), 2))
+            return row
+        enter("train")
+        base = _train(splits, arch, work)
+        enter("compress")
+        r = compress(base, splits, cfg, out=work / "pruned.pt", report_path=work / "pruned.json")
+        enter("export")
+        ex = export_checkpoint(work / "pruned.pt", work / "pruned.onnx", ExportConfig(parity_images=16), data=str(data))
+        enter("done")
+        row.update(outcome="worked", params=r.params, macs=r.macs, ratio=r.ratio, fold=bool(r.fold and "blocks" in r.fold),
+                   parity_max_abs_diff=ex.parity.max_abs_diff, parity_top1=ex.parity.top1_agreement)
+    except Exception as e:  # noqa: BLE001 - the sweep records every failure instead of stopping
+        row.update(outcome="failed", stage=stage, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   traceback=traceback.format_exc(limit=-3))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    row["seconds"] = round(sum(row["stage_seconds"].values()) + time.perf_counter() - t0, 2)
+    return row
+
+
+def _size(name: str) -> int:
+    """Parameter count, from a model built on the meta device (no memory, no init cost)."""
+    from rtdeploy.models import create_model
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in create_model(f"tv/{name}", CLASSES).parameters())
+    except NotImplementedError:  # regnet computes its widths with tensors: build it for real
+        return sum(p.numel() for p in create_model(f"tv/{name}", CLASSES).parameters())
+
+
+def _markdown(rows: list[dict]) -> str:
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("worked", "refused", "failed")}
+    lines = [f"# torchvision sweep: train -> compress ({CRITERION}, ratio {RATIO}) -> export with parity", "",
+             f"{len(rows)} models: {counts['worked']} worked, {counts['refused']} refused, {counts['failed']} failed. "
+             f"Tiny run: {CLASSES} classes x {PER_CLASS} images, 1 training + 1 fine-tuning epoch, smallest input "
+             "each model accepts; it checks that the pipeline runs, not accuracy.", "",
+             "| model | input px | outcome | params before -> after | MACs before -> after | detail |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["outcome"] == "worked":
+            detail = f"parity max abs diff {r['parity_max_abs_diff']:.1e}" + (", SE folded" if r.get("fold") else "")
+            p, m = r["params"], r["macs"]
+            lines.append(f"| {r['name']} | {r['img_size']} | worked | {p['before']:,} -> {p['after']:,} | "
+                         f"{m['before']:,} -> {m['after']:,} | {detail} |")
+        else:
+            detail = r.get("reason") or f"{r.get('stage')}: {r.get('error')}"
+            lines.append(f"| {r['name']} | {r.get('img_size', '-')} | {r['outcome']} | | | {detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torchvision.models as tvm
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated torchvision names (default: all)")
+    p.add_argument("--skip", default="", help="comma-separated names to leave out")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/tv_sweep"))
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--resume", action="store_true", help="keep rows already in <work-dir>/rows.jsonl")
+    args = p.parse_args(argv)
+    args.quick, args.recipe, args.seeds, args.data = False, "v2", "0", "rtdeploy sample (3 classes x 4 images)"
+    names = [n for n in (args.only.split(",") if args.only else tvm.list_models(module=tvm)) if n]
+    names = [n for n in names if n not in set(args.skip.split(","))]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    data, rows_file = tiny_folder(args.work_dir / "data"), args.work_dir / "rows.jsonl"
+    done = {}
+    if args.resume and rows_file.exists():
+        done = {r["name"]: r for r in map(json.loads, rows_file.read_text().splitlines())}
+    for name in sorted(names, key=_size):  # small models first: a long run reports most rows early
+        if name in done:
+            continue
+        log(f"{name} ...")
+        done[name] = row = run_one(name, data, args.work_dir / name)
+        log(f"{name}: {row['outcome']} ({row['seconds']:.0f} s) {row.get('reason') or row.get('error') or ''}")
+        with rows_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+    rows = [done[n] for n in names]
+    settings = {"criterion": CRITERION, "ratio": RATIO, "classes": CLASSES, "per_class": PER_CLASS,
+                "epochs": 1, "finetune_epochs": 1, "candidate_sizes": list(CANDIDATE_SIZES)}
+    write_results(args, "tv_sweep", {"provenance": provenance(args, settings), "rows": rows}, _markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
