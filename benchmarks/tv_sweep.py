@@ -13,7 +13,7 @@ fine-tuning epoch), export it to ONNX with the parity check. The outcome per mod
 Runs in-process through the library calls the CLI makes (the CLI itself is exercised for a
 couple of models in tests/test_tv_sweep.py). Writes benchmarks/results/tv_sweep.{json,md}.
 
-    python -m benchmarks.tv_sweep [--only a,b] [--skip c] [--work-dir runs/tv_sweep]
+    python -m benchmarks.tv_sweep [--only a,b] [--work-dir runs/tv_sweep] [--resume]
 """
 from __future__ import annotations
 
@@ -91,47 +91,78 @@ def _compress_cfg():
                           calib_images=16)
 
 
-def run_one(name: str, data: Path, work: Path) -> dict:
-    """One model through the pipeline; the outcome row (never raises)."""
-    from rtdeploy.compress import compress, preflight
+class _Clock:
+    """Seconds per stage of one model's run, into row["stage_seconds"]."""
+
+    def __init__(self, row: dict):
+        self.row, self.stage, self.t0 = row, "", time.perf_counter()
+        row.setdefault("stage_seconds", {})
+
+    def enter(self, stage: str) -> None:
+        if self.stage:
+            self.row["stage_seconds"][self.stage] = round(time.perf_counter() - self.t0, 2)
+        self.stage, self.t0 = stage, time.perf_counter()
+
+    def stop(self) -> None:
+        self.enter("")
+        self.row["seconds"] = round(sum(self.row["stage_seconds"].values()), 2)
+
+
+def _failed(row: dict, stage: str, e: Exception) -> None:
+    row.update(outcome="failed", stage=stage, error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}",
+               traceback=traceback.format_exc(limit=-3))
+
+
+def preflight_one(name: str, data: Path, work: Path) -> dict:
+    """Smallest input, then what `rtdeploy compress` checks before any work (it depends on the
+    architecture alone, so an untrained model answers it): outcome "refused" or "pending"."""
+    from rtdeploy.compress import preflight
     from rtdeploy.data import load_splits
     from rtdeploy.errors import UserInputError
-    from rtdeploy.export import ExportConfig, export_checkpoint
 
-    arch, row, t0 = f"tv/{name}", {"name": name, "stage_seconds": {}}, time.perf_counter()
+    row, clock = {"name": name, "outcome": "pending"}, None
+    clock = _Clock(row)
     work.mkdir(parents=True, exist_ok=True)
-    stage, cfg = "input size", _compress_cfg()
-
-    def enter(next_stage: str) -> None:
-        nonlocal stage, t0
-        row["stage_seconds"][stage] = round(time.perf_counter() - t0, 2)
-        stage, t0 = next_stage, time.perf_counter()
-
     try:
-        row["img_size"] = size = smallest_input(arch)
+        clock.enter("input size")
+        row["img_size"] = size = smallest_input(f"tv/{name}")
+        clock.enter("preflight")
         splits = load_splits(str(data), img_size=size, seed=0)
-        enter("preflight")  # what `rtdeploy compress` checks before any work depends on the architecture only
-        try:
-            preflight(_untrained(arch, splits, work / "untrained.pt"), cfg)
-        except UserInputError as e:
-            enter("done")
-            row.update(outcome="refused", reason=str(e), seconds=round(sum(row["stage_seconds"].values()), 2))
-            return row
-        enter("train")
-        base = _train(splits, arch, work)
-        enter("compress")
-        r = compress(base, splits, cfg, out=work / "pruned.pt", report_path=work / "pruned.json")
-        enter("export")
-        ex = export_checkpoint(work / "pruned.pt", work / "pruned.onnx", ExportConfig(parity_images=16), data=str(data))
-        enter("done")
-        row.update(outcome="worked", params=r.params, macs=r.macs, ratio=r.ratio, fold=bool(r.fold and "blocks" in r.fold),
-                   parity_max_abs_diff=ex.parity.max_abs_diff, parity_top1=ex.parity.top1_agreement)
+        preflight(_untrained(f"tv/{name}", splits, work / "untrained.pt"), _compress_cfg())
+    except UserInputError as e:
+        row.update(outcome="refused", reason=str(e))
     except Exception as e:  # noqa: BLE001 - the sweep records every failure instead of stopping
-        row.update(outcome="failed", stage=stage, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                   traceback=traceback.format_exc(limit=-3))
+        _failed(row, clock.stage, e)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    row["seconds"] = round(sum(row["stage_seconds"].values()) + time.perf_counter() - t0, 2)
+        clock.stop()
+    return row
+
+
+def pipeline_one(row: dict, data: Path, work: Path) -> dict:
+    """train -> compress -> export with parity for a model that passed preflight."""
+    from rtdeploy.compress import compress
+    from rtdeploy.data import load_splits
+    from rtdeploy.export import ExportConfig, export_checkpoint
+
+    arch, clock = f"tv/{row['name']}", _Clock(row)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        clock.enter("train")
+        splits = load_splits(str(data), img_size=row["img_size"], seed=0)
+        base = _train(splits, arch, work)
+        clock.enter("compress")
+        r = compress(base, splits, _compress_cfg(), out=work / "pruned.pt", report_path=work / "pruned.json")
+        clock.enter("export")
+        ex = export_checkpoint(work / "pruned.pt", work / "pruned.onnx", ExportConfig(parity_images=16), data=str(data))
+        row.update(outcome="worked", params=r.params, macs=r.macs, ratio=r.ratio,
+                   fold=bool(r.fold and "blocks" in r.fold),
+                   parity_max_abs_diff=ex.parity.max_abs_diff, parity_top1=ex.parity.top1_agreement)
+    except Exception as e:  # noqa: BLE001 - the sweep records every failure instead of stopping
+        _failed(row, clock.stage, e)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        clock.stop()
     return row
 
 
@@ -147,9 +178,9 @@ def _size(name: str) -> int:
 
 
 def _markdown(rows: list[dict]) -> str:
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("worked", "refused", "failed")}
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("worked", "refused", "failed", "pending")}
     lines = [f"# torchvision sweep: train -> compress ({CRITERION}, ratio {RATIO}) -> export with parity", "",
-             f"{len(rows)} models: {counts['worked']} worked, {counts['refused']} refused, {counts['failed']} failed. "
+             f"{len(rows)} models: {counts['worked']} worked, {counts['refused']} refused, {counts['failed']} failed, {counts['pending']} not run yet. "
              f"Tiny run: {CLASSES} classes x {PER_CLASS} images, 1 training + 1 fine-tuning epoch, smallest input "
              "each model accepts; it checks that the pipeline runs, not accuracy.", "",
              "| model | input px | outcome | params before -> after | MACs before -> after | detail |",
@@ -161,9 +192,19 @@ def _markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['name']} | {r['img_size']} | worked | {p['before']:,} -> {p['after']:,} | "
                          f"{m['before']:,} -> {m['after']:,} | {detail} |")
         else:
-            detail = r.get("reason") or f"{r.get('stage')}: {r.get('error')}"
+            detail = r.get("reason") or (f"{r.get('stage')}: {r.get('error')}" if r["outcome"] == "failed"
+                                         else "passed preflight; pipeline not run yet")
             lines.append(f"| {r['name']} | {r.get('img_size', '-')} | {r['outcome']} | | | {detail} |")
     return "\n".join(lines) + "\n"
+
+
+def _load_rows(rows_file: Path) -> dict:
+    rows = {}
+    if rows_file.exists():
+        for line in rows_file.read_text().splitlines():
+            r = json.loads(line)
+            rows[r["name"]] = r  # later lines (pipeline results) replace earlier (preflight) ones
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,31 +212,36 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated torchvision names (default: all)")
-    p.add_argument("--skip", default="", help="comma-separated names to leave out")
     p.add_argument("--work-dir", type=Path, default=Path("runs/tv_sweep"))
     p.add_argument("--results-dir", type=Path, default=RESULTS)
-    p.add_argument("--resume", action="store_true", help="keep rows already in <work-dir>/rows.jsonl")
+    p.add_argument("--resume", action="store_true", help="keep the rows already in <work-dir>/rows.jsonl")
     args = p.parse_args(argv)
-    args.quick, args.recipe, args.seeds, args.data = False, "v2", "0", "rtdeploy sample (3 classes x 4 images)"
+    args.quick, args.recipe, args.seeds = False, "v2", "0"
+    args.data = f"rtdeploy sample ({CLASSES} classes x {PER_CLASS} images)"
     names = [n for n in (args.only.split(",") if args.only else tvm.list_models(module=tvm)) if n]
-    names = [n for n in names if n not in set(args.skip.split(","))]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data, rows_file = tiny_folder(args.work_dir / "data"), args.work_dir / "rows.jsonl"
-    done = {}
-    if args.resume and rows_file.exists():
-        done = {r["name"]: r for r in map(json.loads, rows_file.read_text().splitlines())}
-    for name in sorted(names, key=_size):  # small models first: a long run reports most rows early
-        if name in done:
-            continue
-        log(f"{name} ...")
-        done[name] = row = run_one(name, data, args.work_dir / name)
-        log(f"{name}: {row['outcome']} ({row['seconds']:.0f} s) {row.get('reason') or row.get('error') or ''}")
-        with rows_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-    rows = [done[n] for n in names]
+    if not args.resume:
+        rows_file.unlink(missing_ok=True)
+    done = _load_rows(rows_file)
     settings = {"criterion": CRITERION, "ratio": RATIO, "classes": CLASSES, "per_class": PER_CLASS,
                 "epochs": 1, "finetune_epochs": 1, "candidate_sizes": list(CANDIDATE_SIZES)}
-    write_results(args, "tv_sweep", {"provenance": provenance(args, settings), "rows": rows}, _markdown(rows))
+
+    def record(row: dict) -> None:
+        done[row["name"]] = row
+        with rows_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log(f"{row['name']}: {row['outcome']} ({row['seconds']:.0f} s) {row.get('reason') or row.get('error') or ''}")
+        rows = [done.get(n, {"name": n, "outcome": "pending"}) for n in names]  # results after every model
+        write_results(args, "tv_sweep", {"provenance": provenance(args, settings), "rows": rows}, _markdown(rows))
+
+    order = sorted(names, key=_size)  # small models first: a long run reports most rows early
+    for name in order:  # phase 1, cheap: which architectures compress refuses up front
+        if name not in done:
+            record(preflight_one(name, data, args.work_dir / name))
+    for name in order:  # phase 2: the whole pipeline for the others
+        if done[name]["outcome"] == "pending":
+            record(pipeline_one(dict(done[name]), data, args.work_dir / name))
 
 
 if __name__ == "__main__":
