@@ -118,7 +118,8 @@ def preflight_one(name: str, data: Path, work: Path) -> dict:
     architecture alone, so an untrained model answers it): outcome "refused" or "pending"."""
     from rtdeploy.compress import preflight
     from rtdeploy.data import load_splits
-    from rtdeploy.errors import UserInputError
+    from rtdeploy.errors import ConfigError
+    from rtdeploy.prune import FoldError, UnprunableError
 
     row, clock = {"name": name, "outcome": "pending"}, None
     clock = _Clock(row)
@@ -129,7 +130,7 @@ def preflight_one(name: str, data: Path, work: Path) -> dict:
         clock.enter("preflight")
         splits = load_splits(str(data), img_size=size, seed=0)
         preflight(_untrained(f"tv/{name}", splits, work / "untrained.pt"), _compress_cfg())
-    except UserInputError as e:
+    except (UnprunableError, FoldError, ConfigError) as e:  # the refusals; a CheckpointError would be a bug
         row.update(outcome="refused", reason=str(e))
     except Exception as e:  # noqa: BLE001 - the sweep records every failure instead of stopping
         _failed(row, clock.stage, e)

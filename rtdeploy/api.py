@@ -7,7 +7,7 @@ after the model, returns the report dataclass the CLI renders, and raises the ty
 `rtdeploy.errors` (UserInputError for bad input, PipelineError when a numeric check fails).
 
     fold = rtdeploy.fold_attention(model, images=calib_loader)        # SE models, for CAP
-    pruned = rtdeploy.prune(model, criterion="cap", ratio=0.5, img_size=64)
+    pruned = rtdeploy.prune_channels(model, criterion="cap", ratio=0.5, img_size=64)
     tuned = rtdeploy.finetune(model, train=train_set, val=val_set, epochs=10)   # or your own loop
     onnx = rtdeploy.export_onnx(model, out="model.onnx", img_size=64, classes=names, mean=m, std=s)
     speed = rtdeploy.benchmark(["model.onnx"], batch_sizes=(1,), threads=(1,))
@@ -34,7 +34,7 @@ from .train import TrainConfig, TrainReport, create_loss, fit
 
 Images = torch.Tensor | Iterable  # a tensor [N,3,H,W], or batches (tensors or (images, labels) pairs)
 
-__all__ = ["capture_attention", "fold_attention", "prune", "finetune", "export_onnx", "benchmark"]
+__all__ = ["capture_attention", "fold_attention", "prune_channels", "finetune", "export_onnx", "benchmark"]
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -69,7 +69,7 @@ def _first_batch(images: Images) -> Iterable[torch.Tensor]:
     return ((b[0] if isinstance(b, (tuple, list)) else b) for b in images)
 
 
-def prune(model: nn.Module, *, criterion: str, img_size: int, ratio: float | None = None,
+def prune_channels(model: nn.Module, *, criterion: str, img_size: int, ratio: float | None = None,
           target_macs: float | None = None, round_to: int = 8, scope: str = "local",
           calib: Iterable | None = None, seed: int = 0) -> PruneReport:
     """Remove channels in place with torch-pruning, ranked by `criterion` (cap, bn, l1, l2,

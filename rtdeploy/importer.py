@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+from .checkpoint import ModelMeta, load_checkpoint, save_checkpoint, with_module_versions
 from .data import check_classes, load_splits
 from .env import versions
 from .errors import CheckpointError, ConfigError, PipelineError
@@ -150,7 +150,7 @@ def _check_shapes(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None
 def load_weights(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None:
     """Load `sd` into `model` exactly: shapes first, then missing, then unexpected keys."""
     _check_shapes(model, sd, arch, n_classes)
-    result = model.load_state_dict(sd, strict=False)  # BN counters absent from old files are filled in
+    result = model.load_state_dict(with_module_versions(model, sd), strict=False)  # BN counters absent from old files are filled in
     if result.missing_keys:
         more = f" (and {len(result.missing_keys) - 1} more)" if len(result.missing_keys) > 1 else ""
         raise ConfigError(f"weights do not fit --arch {arch}: missing key '{result.missing_keys[0]}'{more}; "
