@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -154,8 +155,6 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
                             "nothing was written")
     with atomic_path(out) as tmp:
         tmp.write_bytes(blob)
-    from dataclasses import asdict
-
     return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, dynamic_batch=True,
                         batch_size=None, simplifier=simplifier, simplified=simplified,
                         nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),

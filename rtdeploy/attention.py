@@ -37,7 +37,7 @@ def _count(source: Batches, max_images: int | None) -> int | None:
 
 
 class _MeanRecorder:
-    """Forward hook on an SE block's sigmoid: accumulates the per-channel sum of s(x) [N, C]."""
+    """Forward hook on an SE block's gate (sigmoid, hardsigmoid): accumulates the per-channel sum of s(x) [N, C]."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
