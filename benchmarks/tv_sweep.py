@@ -186,7 +186,7 @@ def _size(name: str) -> int:
 def _markdown(rows: list[dict]) -> str:
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("worked", "refused", "failed", "pending")}
     lines = [f"# torchvision sweep: train -> compress ({CRITERION}, ratio {RATIO}) -> export with parity", "",
-             f"{len(rows)} models: {counts['worked']} worked, {counts['refused']} refused, {counts['failed']} failed, {counts['pending']} not run yet. "
+             f"{len(rows)} models: {counts['worked']} worked, {counts['refused']} refused, {counts['failed']} failed, {counts['pending']} not finished (see detail). "
              f"Tiny run: {CLASSES} classes x {PER_CLASS} images, 1 training + 1 fine-tuning epoch, smallest input "
              "each model accepts; it checks that the pipeline runs, not accuracy.", "",
              "| model | input px | outcome | params before -> after | MACs before -> after | detail |",
@@ -198,8 +198,8 @@ def _markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['name']} | {r['img_size']} | worked | {p['before']:,} -> {p['after']:,} | "
                          f"{m['before']:,} -> {m['after']:,} | {detail} |")
         else:
-            detail = r.get("reason") or (f"{r.get('stage')}: {r.get('error')}" if r["outcome"] == "failed"
-                                         else "passed preflight; pipeline not run yet")
+            pending = "passed preflight; pipeline not run yet" if "img_size" in r else "not run yet"
+            detail = r.get("reason") or (f"{r.get('stage')}: {r.get('error')}" if r["outcome"] == "failed" else pending)
             lines.append(f"| {r['name']} | {r.get('img_size', '-')} | {r['outcome']} | | | {detail} |")
     return "\n".join(lines) + "\n"
 
@@ -213,6 +213,13 @@ def _load_rows(rows_file: Path) -> dict:
     return rows
 
 
+def _committed(args) -> dict:
+    """Finished rows of the results file (a run cut short commits its table with rows "pending")."""
+    path = args.results_dir / "tv_sweep.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    return {r["name"]: r for r in rows if r["outcome"] != "pending" or "img_size" in r}
+
+
 def main(argv: list[str] | None = None) -> None:
     import torchvision.models as tvm
 
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="", help="comma-separated torchvision names (default: all)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/tv_sweep"))
     p.add_argument("--results-dir", type=Path, default=RESULTS)
-    p.add_argument("--resume", action="store_true", help="keep the rows already in <work-dir>/rows.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished rows of <results-dir>/tv_sweep.json and <work-dir>/rows.jsonl; run the rest")
     args = p.parse_args(argv)
     args.quick, args.recipe, args.seeds = False, "v2", "0"
     args.data = f"rtdeploy sample ({CLASSES} classes x {PER_CLASS} images)"
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     data, rows_file = tiny_folder(args.work_dir / "data"), args.work_dir / "rows.jsonl"
     if not args.resume:
         rows_file.unlink(missing_ok=True)
-    done = _load_rows(rows_file)
+    done = _committed(args) if args.resume else {}
+    done.update(_load_rows(rows_file))
     settings = {"criterion": CRITERION, "ratio": RATIO, "classes": CLASSES, "per_class": PER_CLASS,
                 "epochs": 1, "finetune_epochs": 1, "candidate_sizes": list(CANDIDATE_SIZES)}
 
