@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results-dir", type=Path, default=RESULTS)
     p.add_argument("--resume", action="store_true",
                    help="keep the finished rows of <results-dir>/tv_sweep.json and <work-dir>/rows.jsonl; run the rest")
+    p.add_argument("--table-only", action="store_true", help="with --resume: rewrite the results files, run nothing")
     args = p.parse_args(argv)
     args.quick, args.recipe, args.seeds = False, "v2", "0"
     args.data = f"rtdeploy sample ({CLASSES} classes x {PER_CLASS} images)"
@@ -250,6 +251,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = [done.get(n, {"name": n, "outcome": "pending"}) for n in names]  # results after every model
         write_results(args, "tv_sweep", {"provenance": provenance(args, settings), "rows": rows}, _markdown(rows))
 
+    if args.table_only:  # keeps the provenance of the run that produced the rows
+        rows = [done.get(n, {"name": n, "outcome": "pending"}) for n in names]
+        old = args.results_dir / "tv_sweep.json"
+        prov = json.loads(old.read_text())["provenance"] if old.exists() else provenance(args, settings)
+        write_results(args, "tv_sweep", {"provenance": prov, "rows": rows}, _markdown(rows))
+        return
     order = sorted(names, key=_size)  # small models first: a long run reports most rows early
     for name in order:  # phase 1, cheap: which architectures compress refuses up front
         if name not in done:
