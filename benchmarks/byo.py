@@ -94,23 +94,21 @@ def latency(args, checkpoints: list[Path]) -> list[dict]:
             for m in rep.models]
 
 
-def run_family(args, arch: str) -> dict:
+def run_seed(args, arch: str, seed: int, runs: dict) -> None:
+    """Train, compress with each criterion, time; append one entry per model to `runs`."""
     r = _recipe(args, arch)
-    runs = {c: [] for c in ("unpruned", *CRITERIA)}
-    for seed in seeds(args):
-        base = base_model(args, r, seed)
-        reports = {c: compressed(args, r, base, seed, c) for c in CRITERIA}
-        timing = latency(args, [base] + [reports[c][1] for c in CRITERIA])
-        first = reports[CRITERIA[0]][0]
-        runs["unpruned"].append({"seed": seed, "accuracy": first["accuracy"]["original"],
-                                 "params": first["params"]["before"], "macs": first["macs"]["before"], **timing[0]})
-        for c, t in zip(CRITERIA, timing[1:]):
-            rep = reports[c][0]
-            runs[c].append({"seed": seed, "accuracy": rep["finetune"]["best_accuracy"],
-                            "accuracy_last": rep["accuracy"].get("finetuned_last"),
-                            "accuracy_pruned": rep["accuracy"]["pruned"], "params": rep["params"]["after"],
-                            "macs": rep["macs"]["after"], "fold": rep["fold"], **t})
-    return {"arch": arch, "recipe": asdict(r), "runs": runs}
+    base = base_model(args, r, seed)
+    reports = {c: compressed(args, r, base, seed, c) for c in CRITERIA}
+    timing = latency(args, [base] + [reports[c][1] for c in CRITERIA])
+    first = reports[CRITERIA[0]][0]
+    runs["unpruned"].append({"seed": seed, "accuracy": first["accuracy"]["original"],
+                             "params": first["params"]["before"], "macs": first["macs"]["before"], **timing[0]})
+    for c, t in zip(CRITERIA, timing[1:]):
+        rep = reports[c][0]
+        runs[c].append({"seed": seed, "accuracy": rep["finetune"]["best_accuracy"],
+                        "accuracy_last": rep["accuracy"].get("finetuned_last"),
+                        "accuracy_pruned": rep["accuracy"]["pruned"], "params": rep["params"]["after"],
+                        "macs": rep["macs"]["after"], "fold": rep["fold"], **t})
 
 
 def _row(name: str, runs: list[dict], ref: list[dict] | None) -> str:
@@ -129,12 +127,14 @@ def _row(name: str, runs: list[dict], ref: list[dict] | None) -> str:
 def markdown(args, families: list[dict]) -> str:
     lines = [f"# Bring your own architecture: CAP vs BN vs L1 on native-SE torchvision models"
              f"{' (QUICK smoke run: accuracies mean nothing)' if args.quick else ''}", "",
-             f"UC Merced ({args.data}), {args.img_size} px, seeds {args.seeds}, local ratio {args.ratio:g}, round-to 8, "
+             f"UC Merced ({args.data}), {args.img_size} px, seeds {args.seeds} (per family: the seeds listed in its "
+             "rows; results are written after every seed), local ratio {args.ratio:g}, round-to 8, "
              f"fine-tuning loss {args.loss}; accuracy on the 30 % test split (best epoch: the paper's protocol; last "
              "epoch: free of that selection); latency: ONNX Runtime CPU, batch 1, 1 thread, p50.", ""]
     for fam in families:
         r = fam["recipe"]
-        lines += [f"## {fam['arch']}", "",
+        seeds_done = ", ".join(str(x["seed"]) for x in fam["runs"]["unpruned"])
+        lines += [f"## {fam['arch']} (seeds {seeds_done})", "",
                   f"{r['epochs']} training epochs (lr {r['lr']:g} {r['schedule']}), {r['ft_epochs']} fine-tuning epochs "
                   f"(cosine lr {r['ft_lr']:g}){', ' + str(r['max_per_class']) + ' images per class' if r['max_per_class'] else ''}.",
                   "", "| model | params | MACs | ORT latency | accuracy, best epoch | accuracy, last epoch | last − CAP (95 % CI) |",
@@ -154,10 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(seeds=None)
     args = p.parse_args(argv)
     args.seeds = args.seeds or ("0,1" if args.quick else "0,1,2")
-    families = [run_family(args, arch) for arch in args.families.split(",")]
-    settings = {"families": args.families.split(","), "criteria": list(CRITERIA), "ratio": args.ratio,
+    archs = args.families.split(",")
+    families = [{"arch": a, "recipe": asdict(_recipe(args, a)), "runs": {c: [] for c in ("unpruned", *CRITERIA)}}
+                for a in archs]
+    settings = {"families": archs, "criteria": list(CRITERIA), "ratio": args.ratio,
                 "round_to": 8, "loss": args.loss, "img_size": args.img_size, "device": args.device}
-    write_results(args, "byo", {"provenance": provenance(args, settings), "families": families}, markdown(args, families))
+    for seed in seeds(args):  # seed-major: a run cut short still covers every family
+        for fam in families:
+            run_seed(args, fam["arch"], seed, fam["runs"])
+            done = [f for f in families if f["runs"]["unpruned"]]
+            write_results(args, "byo", {"provenance": provenance(args, settings), "families": done},
+                          markdown(args, done))
 
 
 if __name__ == "__main__":
