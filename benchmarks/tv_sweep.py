@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.quick, args.recipe, args.seeds = False, "v2", "0"
     args.data = f"rtdeploy sample ({CLASSES} classes x {PER_CLASS} images)"
-    names = [n for n in (args.only.split(",") if args.only else tvm.list_models(module=tvm)) if n]
+    names = tvm.list_models(module=tvm)  # the table always lists every classifier; --only picks what runs
+    to_run = [n for n in args.only.split(",") if n] if args.only else names
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data, rows_file = tiny_folder(args.work_dir / "data"), args.work_dir / "rows.jsonl"
     if not args.resume:
@@ -257,12 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         prov = json.loads(old.read_text())["provenance"] if old.exists() else provenance(args, settings)
         write_results(args, "tv_sweep", {"provenance": prov, "rows": rows}, _markdown(rows))
         return
-    order = sorted(names, key=_size)  # small models first: a long run reports most rows early
+    order = sorted(to_run, key=_size)  # small models first: a long run reports most rows early
     for name in order:  # phase 1, cheap: which architectures compress refuses up front
         if name not in done:
             record(preflight_one(name, data, args.work_dir / name))
     for name in order:  # phase 2: the whole pipeline for the others
-        if done[name]["outcome"] == "pending":
+        if done[name]["outcome"] == "pending" and "img_size" in done[name]:
             record(pipeline_one(dict(done[name]), data, args.work_dir / name))
 
 
