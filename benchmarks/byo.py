@@ -128,7 +128,7 @@ def markdown(args, families: list[dict]) -> str:
     lines = [f"# Bring your own architecture: CAP vs BN vs L1 on native-SE torchvision models"
              f"{' (QUICK smoke run: accuracies mean nothing)' if args.quick else ''}", "",
              f"UC Merced ({args.data}), {args.img_size} px, seeds {args.seeds} (per family: the seeds listed in its "
-             "rows; results are written after every seed), local ratio {args.ratio:g}, round-to 8, "
+             f"rows; results are written after every seed), local ratio {args.ratio:g}, round-to 8, "
              f"fine-tuning loss {args.loss}; accuracy on the 30 % test split (best epoch: the paper's protocol; last "
              "epoch: free of that selection); latency: ONNX Runtime CPU, batch 1, 1 thread, p50.", ""]
     for fam in families:

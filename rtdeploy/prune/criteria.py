@@ -54,8 +54,15 @@ class BNScale(tp.importance.Importance):
             total.scatter_add_(0, root, self._channel_scores(bn, idxs).cpu())
             count.scatter_add_(0, root, torch.ones(len(root)))
         if total is None:
-            return None  # no BatchNorm in this group: torch-pruning leaves it unpruned
+            # No BatchNorm in this group (e.g. MobileNetV3's hidden classifier Linear): rank by L1
+            # magnitude instead of leaving it whole, so every criterion prunes the same groups to
+            # the same widths and comparisons at one ratio stay at equal MACs (issue 12).
+            return _magnitude()(group)
         return total / count.clamp_min(1)
+
+
+def _magnitude() -> tp.importance.Importance:
+    return Finite(tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer="mean"))
 
 
 class SeededRandom(tp.importance.Importance):
