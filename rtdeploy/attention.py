@@ -13,6 +13,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .models import attention_blocks
+from .models.se_kinds import gate_of
 
 Batches = torch.Tensor | Iterable
 
@@ -36,7 +37,7 @@ def _count(source: Batches, max_images: int | None) -> int | None:
 
 
 class _MeanRecorder:
-    """Forward hook on an SE block's sigmoid: accumulates the per-channel sum of s(x) [N, C]."""
+    """Forward hook on an SE block's gate (sigmoid, hardsigmoid): accumulates the per-channel sum of s(x) [N, C]."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
@@ -66,7 +67,7 @@ def capture_attention(model: nn.Module, images_or_loader: Batches, max_images: i
     if not blocks:
         return {}
     recorders = {name: _MeanRecorder() for name in blocks}
-    handles = [blocks[name].sigmoid.register_forward_hook(rec) for name, rec in recorders.items()]
+    handles = [gate_of(blocks[name]).register_forward_hook(rec) for name, rec in recorders.items()]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

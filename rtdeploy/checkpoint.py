@@ -7,6 +7,7 @@ the module itself is rebuilt from the registry plus the recorded per-layer struc
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pickle
@@ -320,12 +321,20 @@ def build_model(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.M
     return model
 
 
+def with_module_versions(model: nn.Module, state_dict: dict) -> dict:
+    """`state_dict` carrying the per-module versions of `model`'s own state_dict: a plain dict
+    of tensors loses them, and some modules (torchvision's MNASNet) refuse to load without."""
+    out = collections.OrderedDict(state_dict)
+    out._metadata = getattr(model.state_dict(), "_metadata", {})  # type: ignore[attr-defined]
+    return out
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the model (eval mode) and its metadata from `path`."""
     meta, state_dict, _ = read_checkpoint(path)
     model = build_model(meta, path)
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(with_module_versions(model, state_dict), strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
         if "can't allocate memory" in str(e):
             raise

@@ -28,6 +28,7 @@ from .errors import CheckpointError, ConfigError, PipelineError
 from .fsutil import write_json
 from .models import has_attention
 from .models.complexity import count_macs_params
+from .prune.support import check_prunable
 from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
                     clear_attention_marks, fold_attention, fold_plan, prune_model)
 from .train import Distilled, TrainConfig, create_loss, fit, resolve_device
@@ -151,6 +152,7 @@ def preflight(ckpt_path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, Mo
     if cfg.criterion == "cap":
         fold_plan(model)  # FoldError names the SE block without a BatchNorm before it
     check_ratio(model, cfg.prune)
+    check_prunable(model, cfg.prune, meta.img_size, meta.arch)  # UnprunableError says why, before any work
     return model, meta
 
 

@@ -191,3 +191,124 @@ def test_fold_on_model_without_se_is_a_no_op():
     before = copy.deepcopy(model.state_dict())
     report = fold_attention(model, {})
     assert report.blocks == [] and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+# --------------------------------------------------------------------------- SE of every origin (issue 12)
+
+
+def _perturb_bns(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics so that activations (and attention) differ per channel."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _constant_reference(model: nn.Module, means: dict) -> nn.Module:
+    """A copy where every SE block is replaced by multiplication with its mean attention."""
+    reference = copy.deepcopy(model)
+    for name, s in means.items():
+        set_module(reference, name, ConstantScale(s))
+    return reference
+
+
+@pytest.mark.parametrize("arch,modes", [("tv/mobilenet_v3_small", {"bn", "consumer"}),
+                                        ("tv/efficientnet_b0", {"consumer"}),
+                                        ("tv/regnet_y_400mf", {"bn"})])
+def test_fold_is_exact_on_torchvision_se_models(arch, modes):
+    """MobileNetV3 (SE after ReLU or hardswish), EfficientNet (after SiLU), RegNetY (after ReLU):
+    every SqueezeExcitation is found, folded and removed, and the folded model computes what the
+    model with each SE fixed to its mean attention computes."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    torch.manual_seed(0)
+    model = _perturb_bns(create_model(arch, 4))
+    n_se = sum(isinstance(m, SqueezeExcitation) for m in model.modules())
+    x = images(4, 32)
+    means = capture_attention(model, x)
+    assert len(means) == n_se > 0
+    reference = _constant_reference(model, means)
+    report = fold_attention(model, means, x)
+    assert {b["mode"] for b in report.blocks} == modes
+    assert report.ok and report.verdict.startswith("exact") and len(report.removed) == n_se
+    assert not any(isinstance(m, SqueezeExcitation) for m in model.modules())
+    with torch.no_grad():
+        ref, out = reference(x), model(x)
+    assert (out - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max())
+
+
+def test_timm_se_models_fold_exactly():
+    pytest.importorskip("timm")
+    for arch in ("timm/efficientnet_b0", "timm/seresnet18"):
+        torch.manual_seed(0)
+        model = _perturb_bns(create_model(arch, 3))
+        x = images(2, 32)
+        means = capture_attention(model, x)
+        assert means, arch
+        reference = _constant_reference(model, means)
+        report = fold_attention(model, means, x)
+        assert report.ok and not attention_blocks(model), arch
+        with torch.no_grad():
+            assert torch.allclose(model(x), reference(x), atol=1e-4 * max(1.0, float(reference(x).abs().max())))
+
+
+class GroupedConsumer(nn.Module):
+    """conv -> BN -> SiLU -> SE -> a depthwise conv and a 2-group conv: the SE scale can only go
+    into the consumers' input channels, per group."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.SiLU()
+        self.se = SEBlock(8, reduction=2)
+        self.next = nn.Conv2d(8, 8 if groups == 8 else 6, 3, padding=1, groups=groups)
+        self.fc = nn.Linear(self.next.out_channels, 2)
+
+    def forward(self, x):
+        return self.fc(self.next(self.se(self.act(self.bn(self.conv(x))))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_consumer_fold_is_exact_for_grouped_convs(groups):
+    torch.manual_seed(0)
+    model = _perturb_bns(GroupedConsumer(groups))
+    means = {"se": torch.linspace(0.05, 0.95, 8)}
+    x = images(3, 12)
+    reference = _constant_reference(model, means)
+    gamma = model.bn.weight.detach().clone()
+    report = fold_attention(model, means, x)
+    assert report.blocks[0]["mode"] == "consumer" and report.blocks[0]["consumers"] == ["next"]
+    assert torch.equal(model.bn.weight, gamma)  # the BN is not scaled: SiLU is not homogeneous
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x), atol=1e-6)
+
+
+def test_cap_ranks_consumer_folded_channels_by_gamma_times_attention():
+    """After a consumer fold, cap scores |gamma| x s_bar and bn scores |gamma|, on the same model."""
+    from rtdeploy.prune.criteria import BNScale
+
+    model = _perturb_bns(GroupedConsumer(1))
+    means = {"se": torch.linspace(0.05, 0.95, 8)}
+    fold_attention(model, means, images(2, 12))
+    gamma = model.bn.weight.detach().abs()
+    idx = list(range(8))
+    assert torch.allclose(BNScale(attention=True)._channel_scores(model.bn, idx), gamma * means["se"])
+    assert torch.allclose(BNScale(attention=False)._channel_scores(model.bn, idx), gamma)
+
+
+def test_cap_prunes_a_torchvision_se_model():
+    """capture -> fold -> prune with cap on MobileNetV3: the model is smaller and still runs."""
+    from rtdeploy.prune import PruneConfig, prune_model
+
+    torch.manual_seed(0)
+    model = _perturb_bns(create_model("tv/mobilenet_v3_small", 3))
+    x = images(4, 32)
+    fold_attention(model, capture_attention(model, x), x)
+    report = prune_model(model, "cap", torch.zeros(1, 3, 32, 32), PruneConfig(ratio=0.5))
+    assert report.macs_after < 0.6 * report.macs_before
+    with torch.no_grad():
+        assert model(x).shape == (4, 3)

@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 from . import train_cmd  # noqa: E402,F401  (registers train, eval, info)
+from . import import_cmd  # noqa: E402,F401  (registers import)
 
 for _optional in ("compress_cmd", "export_cmd", "bench_cmd"):
     try:

@@ -38,9 +38,12 @@ def make_attention(kind: str | None, channels: int) -> nn.Module:
     raise ValueError(f"unknown attention kind {kind!r}; use 'se' or None")
 
 
-def attention_blocks(model: nn.Module) -> dict[str, SEBlock]:
-    """Every SE block of `model`, by qualified module name, in forward order of definition."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, SEBlock)}
+def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """Every SE block of `model` (rtdeploy's, torchvision's or timm's; see se_kinds), by
+    qualified module name, in order of definition."""
+    from .se_kinds import is_attention_block  # se_kinds imports SEBlock from here
+
+    return {name: m for name, m in model.named_modules() if is_attention_block(m)}
 
 
 def has_attention(model: nn.Module) -> bool:

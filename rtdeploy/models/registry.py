@@ -1,8 +1,9 @@
 """Model registry (timm-style): look models up by name; a miss lists the valid names.
 
 An SE variant is a configuration of its base model (`resnet18` + attn="se"), not a copy.
-Any torchvision classification model is reachable as `tv/<name>` (random init: nothing is
-downloaded), its head sized to the dataset's classes.
+Any torchvision classification model is reachable as `tv/<name>` and, with the optional extra
+rtdeploy[timm], any timm model as `timm/<name>` (random init: nothing is downloaded), its head
+sized to the dataset's classes.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .vgg import vgg16
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {}
 TV_PREFIX = "tv/"
+TIMM_PREFIX = "timm/"
 
 
 def register(name: str, factory: Callable[[int], nn.Module]) -> None:
@@ -48,10 +50,15 @@ def create_model(name: str, num_classes: int) -> nn.Module:
         raise RegistryError(f"a classifier needs at least 2 classes, got {num_classes}")
     if name.startswith(TV_PREFIX):
         return _create_torchvision(name[len(TV_PREFIX):], num_classes)
+    if name.startswith(TIMM_PREFIX):
+        from .timm_models import create_timm
+
+        return create_timm(name[len(TIMM_PREFIX):], num_classes)
     if name not in _REGISTRY:
         raise RegistryError(
             f"unknown architecture {name!r}; choose one of {', '.join(list_models())} "
-            f"or tv/<torchvision classification model>, e.g. tv/mobilenet_v2"
+            f"or tv/<torchvision classification model>, e.g. tv/mobilenet_v2, "
+            f"or timm/<timm model> (with rtdeploy[timm]), e.g. timm/efficientnet_b0"
         )
     return _REGISTRY[name](num_classes)
 

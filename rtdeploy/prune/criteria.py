@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError, RegistryError
 from ..models.layers import has_attention
-from .fold import attention_of
+from .fold import attention_scale
 
 
 class BNScale(tp.importance.Importance):
@@ -32,9 +32,11 @@ class BNScale(tp.importance.Importance):
 
     def _channel_scores(self, bn: nn.BatchNorm2d, idxs: list[int]) -> torch.Tensor:
         gamma = bn.weight.detach().abs()
-        s_bar = attention_of(bn)
-        if not self.attention and s_bar is not None:
+        s_bar, in_gamma = attention_scale(bn)
+        if s_bar is not None and in_gamma and not self.attention:
             gamma = gamma / s_bar.clamp_min(1e-12)
+        elif s_bar is not None and not in_gamma and self.attention:
+            gamma = gamma * s_bar  # SE folded into its consumers: |gamma| x s_bar, as CAP ranks
         return gamma[idxs].float()
 
     @torch.no_grad()
@@ -52,8 +54,15 @@ class BNScale(tp.importance.Importance):
             total.scatter_add_(0, root, self._channel_scores(bn, idxs).cpu())
             count.scatter_add_(0, root, torch.ones(len(root)))
         if total is None:
-            return None  # no BatchNorm in this group: torch-pruning leaves it unpruned
+            # No BatchNorm in this group (e.g. MobileNetV3's hidden classifier Linear): rank by L1
+            # magnitude instead of leaving it whole, so every criterion prunes the same groups to
+            # the same widths and comparisons at one ratio stay at equal MACs (issue 12).
+            return _magnitude()(group)
         return total / count.clamp_min(1)
+
+
+def _magnitude() -> tp.importance.Importance:
+    return Finite(tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer="mean"))
 
 
 class SeededRandom(tp.importance.Importance):
@@ -105,7 +114,7 @@ def check_criterion(name: str) -> None:
 
 
 def has_folded_attention(model: nn.Module) -> bool:
-    return any(attention_of(m) is not None for m in model.modules())
+    return any(attention_scale(m)[0] is not None for m in model.modules())
 
 
 def check_model_for(name: str, model: nn.Module) -> None:

@@ -22,6 +22,7 @@ from ..defaults import COMPRESS
 from ..errors import ConfigError, PipelineError
 from ..models.complexity import count_macs_params
 from ..models.layers import attention_blocks
+from ..models.se_kinds import squeeze_layer
 from .criteria import NEEDS_GRADIENTS, check_criterion, create_criterion
 
 log = logging.getLogger(__name__)
@@ -125,11 +126,13 @@ def rounded_width(keep: int, channels: int, round_to: int) -> int:
 
 
 def classifier_of(model: nn.Module) -> nn.Module:
-    """The final Linear layer (the class outputs), which pruning must leave whole."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError("the model has no Linear classifier layer; only image classifiers can be pruned")
-    return linears[-1]
+    """The final Linear layer (the class outputs), which pruning must leave whole. Fully
+    convolutional classifiers (SqueezeNet) end in a conv whose channels are the classes."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)] or \
+        [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not layers:
+        raise ConfigError("the model has no Linear or Conv2d classifier layer; only image classifiers can be pruned")
+    return layers[-1]
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
@@ -170,7 +173,7 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
                 ratio: float, seed: int) -> None:
     if cfg.scope == "local":
         _check_not_emptied(model, ratio)
-    ignored = [classifier_of(model)] + [se.fc1 for se in attention_blocks(model).values()]
+    ignored = [classifier_of(model)] + [squeeze_layer(se) for se in attention_blocks(model).values()]
     pruner = _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
                      pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
                      ignored_layers=ignored)  # SE fc1: keep the SE bottleneck at C/16 if SE stays

@@ -1,0 +1,173 @@
+"""rtdeploy as library calls on your own model and data (issue 12).
+
+The CLI works on rtdeploy checkpoints; these functions work on any `nn.Module` image classifier
+(a torchvision or timm network, your own class) and your own datasets or loaders, so pruning,
+export and benchmarking fit into an existing training script. Every function is keyword-only
+after the model, returns the report dataclass the CLI renders, and raises the typed errors of
+`rtdeploy.errors` (UserInputError for bad input, PipelineError when a numeric check fails).
+
+    fold = rtdeploy.fold_attention(model, images=calib_loader)        # SE models, for CAP
+    pruned = rtdeploy.prune_channels(model, criterion="cap", ratio=0.5, img_size=64)
+    tuned = rtdeploy.finetune(model, train=train_set, val=val_set, epochs=10)   # or your own loop
+    onnx = rtdeploy.export_onnx(model, out="model.onnx", img_size=64, classes=names, mean=m, std=s)
+    speed = rtdeploy.benchmark(["model.onnx"], batch_sizes=(1,), threads=(1,))
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .attention import capture_attention as _capture
+from .bench import BenchConfig, BenchReport, bench_models
+from .errors import ConfigError, PipelineError
+from .export import (DEFAULT_OPSET, ExportReport, OnnxMeta, Tolerance, check_graph, check_parity, node_count,
+                     simplify, to_onnx, write_metadata)
+from .fsutil import atomic_path, check_output
+from .prune import FoldReport, PruneConfig, PruneReport, check_prunable, clear_attention_marks, prune_model
+from .prune import fold_attention as _fold
+from .train import TrainConfig, TrainReport, create_loss, fit
+
+Images = torch.Tensor | Iterable  # a tensor [N,3,H,W], or batches (tensors or (images, labels) pairs)
+
+__all__ = ["capture_attention", "fold_attention", "prune_channels", "finetune", "export_onnx", "benchmark"]
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def capture_attention(model: nn.Module, *, images: Images, max_images: int | None = 1024) -> dict[str, torch.Tensor]:
+    """Mean attention s_bar per channel of every SE block (rtdeploy, torchvision or timm SE),
+    over up to `max_images` of `images`: {block name: tensor [C]}. The model is not changed."""
+    return _capture(model, images, max_images)
+
+
+def fold_attention(model: nn.Module, *, images: Images, max_images: int | None = 1024,
+                   check_images: torch.Tensor | None = None) -> FoldReport:
+    """Capture the mean SE attention on `images`, fold it into the model and remove the SE
+    blocks, in place (CAP's first step; the model then ranks channels for criterion "cap").
+
+    The folded model is checked against the model with every SE fixed to its mean scale on
+    `check_images` (default: 4 random images at the size of the first batch); the verdict is in
+    the report, and a failed check raises PipelineError. FoldError (exit 2) names an SE block
+    with no BatchNorm before it."""
+    means = _capture(model, images, max_images)
+    if check_images is None:
+        first = next(iter(_first_batch(images)))
+        check_images = torch.randn(4, *first.shape[1:], generator=torch.Generator().manual_seed(0))
+    return _fold(model, means, check_images)
+
+
+def _first_batch(images: Images) -> Iterable[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        return [images[:1]]
+    return ((b[0] if isinstance(b, (tuple, list)) else b) for b in images)
+
+
+def prune_channels(model: nn.Module, *, criterion: str, img_size: int, ratio: float | None = None,
+          target_macs: float | None = None, round_to: int = 8, scope: str = "local",
+          calib: Iterable | None = None, seed: int = 0) -> PruneReport:
+    """Remove channels in place with torch-pruning, ranked by `criterion` (cap, bn, l1, l2,
+    taylor, fpgm, lamp, random), keeping the final classifier whole.
+
+    Give `ratio` (share of channels removed per layer, or over the net with scope="global") or
+    `target_macs` (fraction of the MACs to keep; the ratio is searched). `round_to`: kept widths
+    are multiples of it (8 suits CPU kernels). `calib`: (images, labels) batches, needed by
+    "taylor". "cap" needs fold_attention first. An architecture torch-pruning cannot prune is
+    refused (UnprunableError, saying why) before the model is touched."""
+    if ratio is not None and target_macs is not None:
+        raise ConfigError("pass either ratio or target_macs, not both")
+    cfg = PruneConfig(ratio=0.5 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs)
+    if ratio is None and target_macs is None:
+        raise ConfigError("pass ratio (share of channels to remove) or target_macs (fraction of MACs to keep)")
+    check_prunable(model, cfg, img_size, type(model).__name__)
+    example = torch.zeros(1, 3, img_size, img_size, device=_device(model))
+    report = prune_model(model, criterion, example, cfg, calib=calib, seed=seed)
+    clear_attention_marks(model)
+    return report
+
+
+def _dataset(data: Dataset | DataLoader) -> tuple[Dataset, int | None]:
+    if isinstance(data, DataLoader):
+        return data.dataset, data.batch_size
+    return data, None
+
+
+def finetune(model: nn.Module, *, train: Dataset | DataLoader, val: Dataset | DataLoader, epochs: int = 30,
+             lr: float = 0.01, batch_size: int | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
+             loss: str = "ce", schedule: str = "cosine", seed: int = 0, device: str = "auto",
+             on_epoch: Callable | None = None) -> TrainReport:
+    """Fine-tune `model` (e.g. after prune) with SGD; afterwards it holds the weights of the best
+    epoch on `val`. `train`/`val`: map-style datasets of (image tensor, label) or DataLoaders over
+    them (their batch size is used). `loss`: "ce" or "aml" (RemoteTrimmer's adaptive mining
+    loss). Skip this and use your own loop if you have one: the pruned model is a plain nn.Module."""
+    train_ds, train_bs = _dataset(train)
+    val_ds, _ = _dataset(val)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size or train_bs or 64, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay, schedule=schedule, seed=seed, device=device)
+    best, report = fit(model, train_ds, val_ds, create_loss(loss), cfg, on_epoch=on_epoch)
+    model.load_state_dict(best.state_dict())
+    return report
+
+
+def _parity_images(images: torch.Tensor | None, img_size: int) -> tuple[torch.Tensor, str]:
+    if images is not None:
+        return images.float().cpu(), "given"
+    return torch.randn(16, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)), "random"
+
+
+def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Sequence[str],
+                mean: Sequence[float], std: Sequence[float], arch: str | None = None,
+                parity_images: torch.Tensor | None = None, opset: int = DEFAULT_OPSET,
+                simplifier: str = "onnxsim", tolerance: Tolerance | None = None,
+                force: bool = False) -> ExportReport:
+    """Export `model` to a simplified ONNX file at `out` (dynamic batch, input "input"
+    [N,3,S,S] normalised with `mean`/`std`, output "logits" over `classes`), with the metadata
+    `rtdeploy bench` reads. ONNX Runtime must reproduce PyTorch's logits on `parity_images`
+    (normalised images; default: 16 random ones), else PipelineError and nothing is written."""
+    t0 = time.perf_counter()
+    check_output(out, force=force)
+    model = model.cpu().eval()
+    classes = list(classes)
+    with torch.no_grad():
+        n_out = model(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+    if n_out != len(classes):
+        raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
+    graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True)
+    before = node_count(graph)
+    graph, simplified = simplify(graph, simplifier)
+    meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
+                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+    write_metadata(graph, meta)
+    check_graph(graph)
+    blob = graph.SerializeToString()
+    images, source = _parity_images(parity_images, img_size)
+    parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
+    if not parity.passed:
+        raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
+                            f"(max |diff| {parity.max_abs_diff:.3g}{', ' + parity.error if parity.error else ''}); "
+                            "nothing was written")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(blob)
+    return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, dynamic_batch=True,
+                        batch_size=None, simplifier=simplifier, simplified=simplified,
+                        nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
+                        checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
+                        metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+
+
+def benchmark(models: Sequence[str | Path], *, batch_sizes: Sequence[int] = (1,), threads: Sequence[int] = (1,),
+              runs: int = 100, warmup: int = 10, provider: str = "cpu", data: str | None = None,
+              isolate: bool = True) -> BenchReport:
+    """Latency and throughput of .onnx files (or rtdeploy checkpoints) under ONNX Runtime, each
+    measured in its own process (`isolate`); the first model is the baseline of the ratios.
+    `data`: a class-folder dataset to also measure accuracy on (models from rtdeploy checkpoints)."""
+    cfg = BenchConfig(provider=provider, batch_sizes=tuple(batch_sizes), threads=tuple(threads), runs=runs,
+                      warmup=warmup, isolate=isolate)
+    return bench_models([str(m) for m in models], cfg, data=data)
