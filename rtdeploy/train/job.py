@@ -149,12 +149,15 @@ def _check_state_fields(state: dict, model: torch.nn.Module) -> None:
     _check_optimizer(dict_of(state.get("optimizer"), "state.optimizer"), [p.shape for p in model.parameters()])
     _check_scheduler(dict_of(state.get("scheduler"), "state.scheduler"))
     report = dict_of(state.get("report"), "state.report")
-    known_keys(report, "state.report", ("epochs", "best_epoch", "best_accuracy", "seconds"))
+    for key, value in report.items():  # loop.py may record more numbers (e.g. a peak epoch): plain numbers only
+        if key != "epochs" and value is not None:
+            number(value, f"state.report.{key}", -1e12, 1e12)
     epochs = list_of_dicts(report.get("epochs"), "state.report.epochs")
     for entry in epochs:
         known_keys(entry, "state.report.epochs entry", _EPOCH_FIELDS)
-        for k in _EPOCH_FIELDS:
-            number(entry.get(k), f"state.report.epochs entry {k}", 0, 1e12)
+        for k, value in entry.items():
+            if value is not None:
+                number(value, f"state.report.epochs entry {k}", -1e12, 1e12)
     integer(report.get("best_epoch"), "state.report.best_epoch", 0, state["epoch"])
     number(report.get("best_accuracy"), "state.report.best_accuracy", 0, 1)
     number(report.get("seconds"), "state.report.seconds", 0, 1e12)
