@@ -616,3 +616,15 @@ def test_damaged_compress_resume_is_refused_before_decoding(cli, base, tmp_path,
     code, _, err = cli("compress", base["ckpt"], "--data", base["data"], *FAST_COMPRESS, "--out", tmp_path / "p.pt",
                        "--resume", last)
     one_line_error(code, err, 2, "p.pt.last", needle)
+
+
+def test_an_intact_resume_file_passes_and_extra_report_numbers_are_allowed(base, tmp_path):
+    """The check is strict on types, not on the loop's bookkeeping: a report that records one more
+    number (as a later loop.py may) still resumes."""
+    from rtdeploy.train import TrainConfig
+    from rtdeploy.train.job import check_resume
+
+    _, state = check_resume(base["last"], "tiny_se", TrainConfig(epochs=3), IMG)
+    assert state["epoch"] == 1
+    more = _damaged_last(base, tmp_path, lambda s: s["report"].update(peak_epoch=1, peak_accuracy=0.5))
+    assert check_resume(more, "tiny_se", TrainConfig(epochs=3), IMG)[1]["report"]["peak_accuracy"] == 0.5

@@ -175,8 +175,9 @@ def _check_state_fields(state: dict, model: torch.nn.Module) -> None:
     epochs = list_of_dicts(report.get("epochs"), "state.report.epochs")
     for entry in epochs:
         known_keys(entry, "state.report.epochs entry", _EPOCH_FIELDS)
-        for k in _EPOCH_FIELDS:
-            number(entry.get(k), f"state.report.epochs entry {k}", 0, 1e12)
+        for k, value in entry.items():
+            if value is not None:
+                number(value, f"state.report.epochs entry {k}", -1e12, 1e12)
     integer(report.get("best_epoch"), "state.report.best_epoch", 0, state["epoch"])
     number(report.get("best_accuracy"), "state.report.best_accuracy", 0, 1)
     if "peak_epoch" in report:  # written since the validation-selection rule (train/selection.py)
