@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from .attention import capture_attention as _capture
 from .bench import BenchConfig, BenchReport, bench_models
 from .errors import ConfigError, PipelineError
-from .export import (DEFAULT_OPSET, ExportReport, OnnxMeta, Tolerance, check_graph, check_parity, node_count,
+from .export import (ExportReport, OnnxMeta, Tolerance, check_graph, check_parity, node_count,
                      simplify, to_onnx, write_metadata)
+from .export.onnx_export import DEFAULT_EXPORTER, DEFAULT_OPSETS, exporter_record, record_exporter
 from .fsutil import atomic_path, check_output
 from .prune import FoldReport, PruneConfig, PruneReport, check_prunable, clear_attention_marks, prune_model
 from .prune import fold_attention as _fold
@@ -124,7 +125,8 @@ def _parity_images(images: torch.Tensor | None, img_size: int) -> tuple[torch.Te
 
 def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Sequence[str],
                 mean: Sequence[float], std: Sequence[float], arch: str | None = None,
-                parity_images: torch.Tensor | None = None, opset: int = DEFAULT_OPSET,
+                parity_images: torch.Tensor | None = None, exporter: str = DEFAULT_EXPORTER,
+                opset: int | None = None,
                 simplifier: str = "onnxsim", tolerance: Tolerance | None = None,
                 force: bool = False) -> ExportReport:
     """Export `model` to a simplified ONNX file at `out` (dynamic batch, input "input"
@@ -133,18 +135,20 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
     (normalised images; default: 16 random ones), else PipelineError and nothing is written."""
     t0 = time.perf_counter()
     check_output(out, force=force)
+    opset = DEFAULT_OPSETS[exporter] if opset is None and exporter in DEFAULT_OPSETS else opset
     model = model.cpu().eval()
     classes = list(classes)
     with torch.no_grad():
         n_out = model(torch.zeros(1, 3, img_size, img_size)).shape[-1]
     if n_out != len(classes):
         raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
-    graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True)
+    graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
     before = node_count(graph)
     graph, simplified = simplify(graph, simplifier)
     meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
                     mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
     write_metadata(graph, meta)
+    record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
     check_graph(graph)
     blob = graph.SerializeToString()
     images, source = _parity_images(parity_images, img_size)
@@ -155,7 +159,8 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
                             "nothing was written")
     with atomic_path(out) as tmp:
         tmp.write_bytes(blob)
-    return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, dynamic_batch=True,
+    return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, exporter=exporter_record(exporter),
+                        dynamic_batch=True,
                         batch_size=None, simplifier=simplifier, simplified=simplified,
                         nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
                         checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,

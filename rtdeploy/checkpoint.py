@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError, RegistryError
-from .fields import (MAX_WIDTH, SPLIT_FIELDS, FieldError, class_names, dict_of, img_size, integer, known_keys,
+from .fields import (MAX_JSON_CHARS, MAX_WIDTH, SPLIT_FIELDS, FieldError, class_names, dict_of, img_size, integer, known_keys,
                      list_of_dicts, parse_json, rgb_triple, text)
 from .fsutil import atomic_path
 from .names import show
@@ -211,7 +211,7 @@ def _check_payload(payload: dict, file_size: int) -> None:
     if type(version) is not int or version < 1:
         raise FieldError("format_version", f"an integer in 1..{FORMAT_VERSION}", version)
     known_keys(payload, "the checkpoint", ("format", "format_version", "meta", "state_dict", "state"))
-    text(payload.get("meta"), "meta")
+    text(payload.get("meta"), "meta", limit=MAX_JSON_CHARS)  # a JSON string; parsed and bounded in _parse_meta
     state_dict = dict_of(payload.get("state_dict"), "state_dict")
     if not state_dict or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise FieldError("state_dict", "a non-empty mapping of layer names to tensors", "other values")
