@@ -616,3 +616,80 @@ def test_damaged_compress_resume_is_refused_before_decoding(cli, base, tmp_path,
     code, _, err = cli("compress", base["ckpt"], "--data", base["data"], *FAST_COMPRESS, "--out", tmp_path / "p.pt",
                        "--resume", last)
     one_line_error(code, err, 2, "p.pt.last", needle)
+
+
+# ---------------------------------------------------------------- weights and names (hostile review)
+
+def _set_weight(name, make):
+    return lambda p, m: p["state_dict"].__setitem__(name, make(p["state_dict"][name]))
+
+
+def _sparse_weight(p, m):
+    p["state_dict"]["fc.weight"] = p["state_dict"]["fc.weight"].to_sparse()
+
+
+WEIGHTS = {
+    "NaN in a conv weight": (_set_weight("conv1.weight", lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))),
+                             ["conv1.weight", "NaN"]),
+    "Inf in a bias": (_set_weight("fc.bias", lambda t: t.fill_(float("inf"))), ["fc.bias", "infinite"]),
+    "running_var negative": (_set_weight("bn1.running_var", lambda t: -t.abs() - 1), ["bn1.running_var", "negative"]),
+    "running_mean NaN": (_set_weight("bn1.running_mean", lambda t: t.fill_(float("nan"))), ["bn1.running_mean"]),
+    "weight bool": (_set_weight("fc.weight", lambda t: t > 0), ["fc.weight", "bool"]),
+    "weight complex": (_set_weight("fc.weight", lambda t: t.to(torch.complex64)), ["fc.weight", "complex64"]),
+    "weight int32": (_set_weight("fc.weight", lambda t: t.to(torch.int32)), ["fc.weight", "int32"]),
+    "weight float16": (_set_weight("conv1.weight", lambda t: t.half()), ["conv1.weight", "float16"]),
+    "weight float64": (_set_weight("conv1.weight", lambda t: t.double()), ["conv1.weight", "float64"]),
+    "num_batches_tracked float": (_set_weight("bn1.num_batches_tracked", lambda t: t.float()),
+                                  ["bn1.num_batches_tracked", "int64"]),
+    "sparse weight": (_sparse_weight, ["dense tensors"]),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "eval"])
+@pytest.mark.parametrize("kind", list(WEIGHTS))
+def test_unusable_weights_are_refused_on_load_naming_the_tensor(base, tmp_path, kind, command):
+    """A real process: NaN/Inf, negative variances, wrong dtypes and sparse layouts are refused
+    with one line naming the tensor (no torch warning before it), not evaluated or converted."""
+    if command == "eval" and kind not in ("NaN in a conv weight", "weight bool", "running_var negative"):
+        pytest.skip("eval reads through the same check; three kinds are enough to show it")
+    edit, needles = WEIGHTS[kind]
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", edit)
+    tail = ["--data", base["data"]] if command == "eval" else []
+    code, out, err, _ = run_process(command, bad, *tail)
+    one_line_error(code, err, 2, "bad.pt", *needles)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "internal error" not in err and "accuracy" not in out.lower()
+
+
+def test_export_refuses_nan_weights_before_the_parity_check(cli, base, tmp_path):
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", WEIGHTS["NaN in a conv weight"][0])
+    code, _, err = cli("export", bad, "--out", tmp_path / "m.onnx")
+    one_line_error(code, err, 2, "conv1.weight")
+    assert "--atol" not in err and files(tmp_path) == {"bad.pt"}
+
+
+@pytest.mark.parametrize("names", [["ok", "evil\nrtdeploy: error: forged", "c"], ["a\x1b[31m", "b", "c"],
+                                   ["a", "b\r", "c"]])
+def test_class_names_with_control_characters_are_refused_on_load(base, tmp_path, names):
+    """Like a data class folder with a newline (test_hostile_data), a checkpoint's class name with
+    one is refused, so info/eval never print a forged line on stdout."""
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("classes", names))
+    code, out, err, _ = run_process("info", bad)
+    one_line_error(code, err, 2, "bad.pt", "meta.classes", "control characters")
+    assert "forged" not in out and "\x1b" not in out + err
+
+
+def test_too_many_class_names_says_so(base, tmp_path):
+    names = [f"class_{i}" for i in range(100_000)]
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("classes", names))
+    code, _, err, _ = run_process("info", bad)
+    one_line_error(code, err, 2, "bad.pt", "meta.classes", "100000 names")
+    assert "must be a string" not in err
+
+
+def test_long_metadata_is_not_refused_as_not_a_string(base, tmp_path):
+    """A long meta string (a big dataset's split fingerprint) is valid: only its size is bounded."""
+    long_history = [{"stage": "note", "text": "x" * 4000}, {"stage": "note", "text": "y" * 4000}]
+    ok = craft(base["ckpt"], tmp_path / "ok.pt", lambda p, m: m["history"].extend(long_history))
+    code, out, err, _ = run_process("info", ok)
+    assert code == 0, err
