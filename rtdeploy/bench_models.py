@@ -16,6 +16,9 @@ from .data import check_classes
 from .errors import DataError, ModelFileError
 from .export import (ExportConfig, OnnxMeta, count_macs, count_params, export_checkpoint, image_input,
                      load_onnx, make_session, read_metadata, run_session)
+from .export.graph import not_a_file
+from .fields import IMG_SIZE_MAX, IMG_SIZE_MIN, MAX_BATCH
+from .names import show
 
 log = logging.getLogger(__name__)
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container: an rtdeploy checkpoint, not ONNX
@@ -46,8 +49,7 @@ class BenchModel:
 def is_checkpoint(path: Path) -> bool:
     """True for an rtdeploy checkpoint, False for anything else (then it must be ONNX)."""
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ModelFileError(f"model {path} {what}; pass .onnx files or rtdeploy checkpoints")
+        raise ModelFileError(f"model {show(path)} {not_a_file(path)}; pass .onnx files or rtdeploy checkpoints")
     with open(path, "rb") as f:
         return f.read(4) == _ZIP_MAGIC
 
@@ -70,6 +72,13 @@ def describe(name: str, path: Path, onnx_path: Path, source: str) -> BenchModel:
     if h is None or w is None:
         raise ModelFileError(f"model {path}: input height/width are symbolic and it carries no rtdeploy "
                              "metadata; export it with a fixed input size ('rtdeploy export')")
+    # a static input of 30000x30000 would make bench allocate gigabytes per batch: refuse first
+    if not (IMG_SIZE_MIN <= h <= IMG_SIZE_MAX and IMG_SIZE_MIN <= w <= IMG_SIZE_MAX):
+        raise ModelFileError(f"model {show(path)}: input is {h}x{w} pixels, outside what rtdeploy runs "
+                             f"({IMG_SIZE_MIN}..{IMG_SIZE_MAX} per side); export it with a smaller input size")
+    if spec.batch is not None and not 1 <= spec.batch <= MAX_BATCH:
+        raise ModelFileError(f"model {show(path)}: its fixed batch of {spec.batch} is outside 1..{MAX_BATCH}; "
+                             "export it with a dynamic or smaller batch ('rtdeploy export')")
     return BenchModel(name, path, onnx_path, source, meta, spec.name, (3, h, w), spec.batch,
                       count_params(model), count_macs(model, h))
 

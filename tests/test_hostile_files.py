@@ -693,3 +693,60 @@ def test_long_metadata_is_not_refused_as_not_a_string(base, tmp_path):
     ok = craft(base["ckpt"], tmp_path / "ok.pt", lambda p, m: m["history"].extend(long_history))
     code, out, err, _ = run_process("info", ok)
     assert code == 0, err
+
+
+# ---------------------------------------------------------------- bench: foreign ONNX files (hostile review)
+
+def _pooling_classifier(path: Path, hw: tuple[int, int], opset: int = 17) -> Path:
+    """A valid ONNX classifier with no rtdeploy metadata: N x 3 x H x W -> global pool -> [N, 3]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                               helper.make_node("Flatten", ["p"], ["y"])], "pool", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bench_refuses_a_huge_static_input_before_allocating(tmp_path):
+    """1x3x30000x30000 would be ~10 GB per batch: refused by a real process that stays small."""
+    model = _pooling_classifier(tmp_path / "huge.onnx", (30000, 30000))
+    code, _, err, peak_mb = run_process("bench", model, *FAST_BENCH)
+    one_line_error(code, err, 2, "huge.onnx", "30000x30000")
+    assert 0 < peak_mb < 1500, f"peak RSS {peak_mb} MB"
+
+
+def test_bench_runs_a_small_foreign_onnx(tmp_path):
+    """The same graph at 32x32 is measured: the bound above refuses the size, not the kind of file."""
+    model = _pooling_classifier(tmp_path / "small.onnx", (32, 32))
+    code, out, err, _ = run_process("bench", model, *FAST_BENCH)
+    assert code == 0, err
+    assert "small" in out
+
+
+def test_bench_refuses_a_future_opset_at_load(tmp_path):
+    model = _pooling_classifier(tmp_path / "future.onnx", (32, 32), opset=99)
+    code, _, err, _ = run_process("bench", model, *FAST_BENCH)
+    one_line_error(code, err, 2, "future.onnx", "opset 99", "re-export")
+    assert "internal error" not in err
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_bench_special_file_is_not_a_regular_file(tmp_path, kind):
+    path = Path("/dev/zero") if kind == "dev-zero" else tmp_path / "fifo.pt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    code, _, err, _ = run_process("bench", path, *FAST_BENCH, timeout=60)
+    one_line_error(code, err, 2, "not a regular file")
+    assert "does not exist" not in err
+
+
+def test_bench_out_of_memory_names_bench_flags(cli, base, monkeypatch):
+    def oom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("rtdeploy.bench_models.describe", oom)
+    code, _, err = cli("bench", base["onnx"], *FAST_BENCH)
+    one_line_error(code, err, 1, "out of memory", "--batch-sizes")
+    assert "--batch-size " not in err and "--img-size" not in err
