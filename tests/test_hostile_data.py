@@ -474,7 +474,7 @@ def test_changed_folder_is_refused_before_any_image_is_decoded(cli, trained, tmp
         raise AssertionError("images were decoded before the split was checked")
 
     monkeypatch.setattr(rdata, "_decode_all", no_decoding)
-    monkeypatch.setattr(rdata, "_cache_dir", lambda: None)
+    monkeypatch.setenv("RTDEPLOY_CACHE_DIR", str(tmp_path / "empty-cache"))  # no cached decode to reuse
     code, _, err = cli("eval", trained["ckpt"], "--data", data)
     assert code == 2 and "0 added, 1 removed" in err and "AssertionError" not in err, err
 
