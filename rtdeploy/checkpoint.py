@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -111,6 +112,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelMeta, dict, dict]:
     path = Path(path)
     _check_is_file(path)
     _check_container(path)
+    # torch warns while unpickling odd tensors (sparse layouts, ...) before our checks refuse
+    # them; the user gets the one error line, not the warning too. Scoped to this read only.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_checked(path)
+
+
+def _read_checked(path: Path) -> tuple[ModelMeta, dict, dict]:
     payload = _safe_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{show(path)} is not an rtdeploy checkpoint; create one with 'rtdeploy train'")
@@ -124,9 +133,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelMeta, dict, dict]:
         raise _damaged(path, str(e)) from e
     try:
         _check_structure(meta.structure, payload["state_dict"])
+        _check_head(meta)
     except FieldError as e:
         raise CheckpointError(f"{show(path)}: weights do not fit the recorded structure ({e}); "
                               f"re-create the checkpoint with 'rtdeploy train' (or 'compress')") from e
+    try:
+        _check_weights(payload["state_dict"])
+    except FieldError as e:
+        raise CheckpointError(f"{show(path)} holds unusable weights: {e}; re-create the checkpoint with "
+                              f"'rtdeploy train' (or 'compress') from a run that did not diverge") from e
     return meta, payload["state_dict"], payload.get("state", {})
 
 
@@ -223,6 +238,26 @@ def _check_payload(payload: dict, file_size: int) -> None:
                          f"{held} bytes of weights")
 
 
+def _check_weights(state_dict: dict) -> None:
+    """Weights rtdeploy can compute with: float32 (BatchNorm's step counter int64), every value
+    finite, every BatchNorm running variance >= 0. Anything else would be converted silently
+    (bool/int/complex to float) or give garbage predictions that only fail later, as a parity
+    or accuracy puzzle. float16/float64 are refused too: rtdeploy never writes them."""
+    for name, t in state_dict.items():
+        field = f"state_dict[{show(repr(name))}]"
+        if name.endswith("num_batches_tracked"):
+            if t.dtype != torch.int64:
+                raise FieldError(field, "an int64 step count", f"a {str(t.dtype).removeprefix('torch.')} tensor")
+            continue
+        if t.dtype != torch.float32:
+            raise FieldError(field, "a float32 tensor", f"a {str(t.dtype).removeprefix('torch.')} tensor")
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise FieldError(field, "finite", f"{bad} NaN or infinite values of {t.numel()}")
+        if name.endswith("running_var") and bool((t < 0).any()):
+            raise FieldError(field, "a variance (every value >= 0)", f"{int((t < 0).sum())} negative values")
+
+
 def _check_views(obj, where: str, depth: int = 0) -> None:
     """No tensor may declare more data than its storage holds: a stride-0 or sparse view of a few
     bytes can declare gigabytes, which the model or optimizer would then allocate."""
@@ -286,6 +321,16 @@ def _check_structure(structure: dict | None, state_dict: dict) -> None:
         text(name, "meta.structure.removed entry", empty=False, limit=200)
     for name, spec in dict_of(structure.get("layers", {}), "meta.structure.layers").items():
         _check_spec(name, spec, state_dict)
+
+
+def _check_head(meta: ModelMeta) -> None:
+    """One class name per output of the classifier (the last linear layer recorded): a list of
+    names longer than the head is a damaged or crafted file, not a model to rebuild around it."""
+    layers = (meta.structure or {}).get("layers", {})
+    linear = [spec for spec in layers.values() if spec.get("type") == "linear"]
+    if linear and linear[-1]["out"] != len(meta.classes):
+        raise FieldError("meta.classes", f"one name per output of the stored classifier ({linear[-1]['out']})",
+                         f"{len(meta.classes)} names")
 
 
 def _check_spec(name: str, spec, state_dict: dict) -> None:

@@ -215,6 +215,12 @@ def _eurosat_folder(data_root: str | None) -> tuple[Path, str]:
 
 
 def _resolve(data: str | None, data_root: str | None) -> tuple[Path, str]:
+    # An empty path would resolve to the working directory (or the default cache): refuse it.
+    if data is not None and not data.strip():
+        raise DataError(f"--data is empty; {DATA_HELP}")
+    if data_root is not None and not data_root.strip():
+        raise DataError("--data-root is empty; pass the folder that holds (or will hold) eurosat/2750, "
+                        "or leave it out for ~/.cache/rtdeploy/eurosat")
     if data is None or data == "sample":
         return sample_path(), "sample"
     if data == "eurosat":

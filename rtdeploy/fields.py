@@ -83,7 +83,9 @@ def number(value, field: str, low: float, high: float, *, low_open: bool = False
 
 
 def text(value, field: str, *, empty: bool = True, limit: int = 4096) -> str:
-    if not isinstance(value, str) or (not empty and not value) or len(value) > limit:
+    if isinstance(value, str) and len(value) > limit:  # say so: "must be a string" would mislead
+        raise FieldError(field, f"at most {limit} characters long", f"{len(value)} characters")
+    if not isinstance(value, str) or (not empty and not value):
         raise FieldError(field, "a non-empty string" if not empty else "a string", value)
     return value
 
@@ -97,6 +99,9 @@ def class_names(value, field: str) -> list[str]:
         raise FieldError(field, f"a list of 2..{MAX_CLASSES} class names", value)
     for name in value:
         text(name, f"{field} entry", empty=False, limit=1024)
+        if not name.isprintable():  # as for data class folders (rtdeploy/scan.py): a newline or
+            # escape in a name would be printed by info/eval tables and could forge a line
+            raise FieldError(f"{field} entry", "a name without control characters", name)
     if len(set(value)) != len(value):
         raise FieldError(field, "a list of distinct class names", value)
     return list(value)

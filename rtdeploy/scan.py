@@ -12,6 +12,11 @@ The rule, for a data folder given as --data:
   class, outside the data folder) is skipped and counted, never used.
 * Every real folder is visited once and every real file is used once (keyed by device and
   inode), so links to '.', link loops and hard links cannot repeat images or loop forever.
+* Class folders are read recursively (like torchvision's ImageFolder): class_0/sub/x.png is a
+  class_0 image. But a class folder with no images of its own is suspect: when two or more class
+  folders hold no images directly, only the same set of two or more image sub-folders (the
+  layout data/{train,test}/<class>/), --data points one level too high and it is refused; any
+  other class whose images are all in sub-folders gets a one-line note.
 * Only regular files are ever opened. FIFOs, sockets and devices are skipped and counted, so are
   broken links and entries that cannot be listed or stat'ed. Hidden names ('.x') are ignored.
 """
@@ -46,6 +51,7 @@ class ScanReport:
 
     skipped: dict[str, list[str]] = field(default_factory=dict)
     ignored: int = 0  # regular files without an image extension (notes, .txt, ...)
+    nested_only: list[str] = field(default_factory=list)  # classes whose images are all in sub-folders
 
     def add(self, reason: str, path: str) -> None:
         self.skipped.setdefault(reason, []).append(path)
@@ -182,6 +188,36 @@ def _overlap(root: Path, name: str, other: str, how: str):
                     "(through a link), so its images would get two labels; remove the link")
 
 
+def _image_subfolders(folder: str, found: list[str]) -> set[str] | None:
+    """Names of the immediate sub-folders of `folder` holding its images; None if it holds some itself."""
+    subs = set()
+    for path in found:
+        rel = os.path.relpath(path, folder).split(os.sep)
+        if len(rel) == 1:
+            return None
+        subs.add(rel[0])
+    return subs
+
+
+def _check_nesting(root: Path, classes: list[str], files: list[list[str]], report: ScanReport) -> None:
+    """Refuse data/{train,test}/<class>/ given as --data (it would train 'train' against 'test');
+    note classes whose images are all in sub-folders (read recursively, maybe not meant)."""
+    nested = {c: subs for c, found in zip(classes, files)
+              if found and (subs := _image_subfolders(str(root / c), found)) is not None}
+    groups: dict[frozenset, list[str]] = {}
+    for c, subs in nested.items():
+        if len(subs) >= 2:
+            groups.setdefault(frozenset(subs), []).append(c)
+    for subs, owners in groups.items():
+        if len(owners) >= 2:
+            inner = ", ".join(sorted(subs)[:3]) + (", ..." if len(subs) > 3 else "")
+            raise DataError(f"class folders {show(owners[0])} and {show(owners[1])} of {show(root)} hold no images "
+                            f"themselves, only the same sub-folders ({show(inner)}): they look like splits of a "
+                            f"dataset, not classes; point --data at the folder whose sub-folders are the classes "
+                            f"(e.g. --data {show(root / owners[0])})")
+    report.nested_only = sorted(nested)
+
+
 def scan_classes(root: Path) -> tuple[list[str], list[list[str]], ScanReport]:
     """Classes, each class's image files and what was skipped, following the rule above."""
     report = ScanReport()
@@ -190,6 +226,7 @@ def scan_classes(root: Path) -> tuple[list[str], list[list[str]], ScanReport]:
     _check_distinct(root, classes)
     seen = _Seen()
     files = [class_files(str(root / c), seen, report) for c in classes]
+    _check_nesting(root, classes, files, report)
     if report.ignored:
         log.info("ignored %d non-image files in %s", report.ignored, root)
     if report.count:

@@ -474,7 +474,7 @@ def test_changed_folder_is_refused_before_any_image_is_decoded(cli, trained, tmp
         raise AssertionError("images were decoded before the split was checked")
 
     monkeypatch.setattr(rdata, "_decode_all", no_decoding)
-    monkeypatch.setenv("RTDEPLOY_NO_CACHE", "1")  # a cached decode would hide an early decode
+    monkeypatch.setenv("RTDEPLOY_CACHE_DIR", str(tmp_path / "empty-cache"))  # no cached decode to reuse
     code, _, err = cli("eval", trained["ckpt"], "--data", data)
     assert code == 2 and "0 added, 1 removed" in err and "AssertionError" not in err, err
 
@@ -487,3 +487,36 @@ def test_skip_bad_images_split_is_checked_on_the_images_kept(cli, trained, tmp_p
     code, _, err = cli("compress", trained["ckpt"], "--data", data, "--criterion", "l1", "--epochs", 1,
                        "--skip-bad-images", "--out", tmp_path / "p.pt")
     assert code == 2 and "0 added, 1 removed" in err, err
+
+
+# ---------------------------------------------------------------- nesting and empty paths (hostile review)
+
+def test_split_folders_given_as_data_are_refused(tmp_path):
+    """data/{train,test}/<class>/: --data data would train 'train' against 'test'. Refused."""
+    for split in ("train", "test"):
+        make_image_folder(tmp_path / "data" / split, n_classes=3, per_class=3, size=24)
+    code, _, err, _ = run_cli("train", "--data", tmp_path / "data", *FAST_TRAIN, "--out", tmp_path / "m.pt")
+    one_error_line(code, err, "test", "train", "point --data at", "classes")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_images_only_in_a_nested_sub_folder_get_a_note(tmp_path):
+    """class_0/sub/*.png: read recursively as class_0 (the rule), with one note line on stderr."""
+    data = make_image_folder(tmp_path / "data", n_classes=2, per_class=6, size=24)
+    (data / "class_0" / "sub").mkdir()
+    for png in (data / "class_0").glob("*.png"):
+        png.rename(data / "class_0" / "sub" / png.name)
+    code, _, err, _ = run_cli("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "only in sub-folders" in line]
+    assert len(notes) == 1 and "class_0" in notes[0] and "class_1" not in notes[0], err
+    assert summary_images(tmp_path / "m.pt") == 12
+
+
+@pytest.mark.parametrize("args,needle", [(["--data", ""], "--data is empty"),
+                                         (["--data", "  "], "--data is empty"),
+                                         (["--data", "eurosat", "--data-root", ""], "--data-root is empty")])
+def test_empty_data_paths_are_refused(tmp_path, args, needle):
+    code, _, err, _ = run_cli("train", *args, *FAST_TRAIN, "--out", tmp_path / "m.pt")
+    one_error_line(code, err, needle)
+    assert not (tmp_path / "m.pt").exists()

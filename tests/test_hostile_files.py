@@ -628,3 +628,137 @@ def test_an_intact_resume_file_passes_and_extra_report_numbers_are_allowed(base,
     assert state["epoch"] == 1
     more = _damaged_last(base, tmp_path, lambda s: s["report"].update(peak_epoch=1, peak_accuracy=0.5))
     assert check_resume(more, "tiny_se", TrainConfig(epochs=3), IMG)[1]["report"]["peak_accuracy"] == 0.5
+
+
+# ---------------------------------------------------------------- weights and names (hostile review)
+
+def _set_weight(name, make):
+    return lambda p, m: p["state_dict"].__setitem__(name, make(p["state_dict"][name]))
+
+
+def _sparse_weight(p, m):
+    p["state_dict"]["fc.weight"] = p["state_dict"]["fc.weight"].to_sparse()
+
+
+WEIGHTS = {
+    "NaN in a conv weight": (_set_weight("conv1.weight", lambda t: t.index_fill(0, torch.tensor([0]), float("nan"))),
+                             ["conv1.weight", "NaN"]),
+    "Inf in a bias": (_set_weight("fc.bias", lambda t: t.fill_(float("inf"))), ["fc.bias", "infinite"]),
+    "running_var negative": (_set_weight("bn1.running_var", lambda t: -t.abs() - 1), ["bn1.running_var", "negative"]),
+    "running_mean NaN": (_set_weight("bn1.running_mean", lambda t: t.fill_(float("nan"))), ["bn1.running_mean"]),
+    "weight bool": (_set_weight("fc.weight", lambda t: t > 0), ["fc.weight", "bool"]),
+    "weight complex": (_set_weight("fc.weight", lambda t: t.to(torch.complex64)), ["fc.weight", "complex64"]),
+    "weight int32": (_set_weight("fc.weight", lambda t: t.to(torch.int32)), ["fc.weight", "int32"]),
+    "weight float16": (_set_weight("conv1.weight", lambda t: t.half()), ["conv1.weight", "float16"]),
+    "weight float64": (_set_weight("conv1.weight", lambda t: t.double()), ["conv1.weight", "float64"]),
+    "num_batches_tracked float": (_set_weight("bn1.num_batches_tracked", lambda t: t.float()),
+                                  ["bn1.num_batches_tracked", "int64"]),
+    "sparse weight": (_sparse_weight, ["dense tensors"]),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "eval"])
+@pytest.mark.parametrize("kind", list(WEIGHTS))
+def test_unusable_weights_are_refused_on_load_naming_the_tensor(base, tmp_path, kind, command):
+    """A real process: NaN/Inf, negative variances, wrong dtypes and sparse layouts are refused
+    with one line naming the tensor (no torch warning before it), not evaluated or converted."""
+    if command == "eval" and kind not in ("NaN in a conv weight", "weight bool", "running_var negative"):
+        pytest.skip("eval reads through the same check; three kinds are enough to show it")
+    edit, needles = WEIGHTS[kind]
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", edit)
+    tail = ["--data", base["data"]] if command == "eval" else []
+    code, out, err, _ = run_process(command, bad, *tail)
+    one_line_error(code, err, 2, "bad.pt", *needles)
+    assert len(err.strip().splitlines()) == 1, err
+    assert "internal error" not in err and "accuracy" not in out.lower()
+
+
+def test_export_refuses_nan_weights_before_the_parity_check(cli, base, tmp_path):
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", WEIGHTS["NaN in a conv weight"][0])
+    code, _, err = cli("export", bad, "--out", tmp_path / "m.onnx")
+    one_line_error(code, err, 2, "conv1.weight")
+    assert "--atol" not in err and files(tmp_path) == {"bad.pt"}
+
+
+@pytest.mark.parametrize("names", [["ok", "evil\nrtdeploy: error: forged", "c"], ["a\x1b[31m", "b", "c"],
+                                   ["a", "b\r", "c"]])
+def test_class_names_with_control_characters_are_refused_on_load(base, tmp_path, names):
+    """Like a data class folder with a newline (test_hostile_data), a checkpoint's class name with
+    one is refused, so info/eval never print a forged line on stdout."""
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("classes", names))
+    code, out, err, _ = run_process("info", bad)
+    one_line_error(code, err, 2, "bad.pt", "meta.classes", "control characters")
+    assert "forged" not in out and "\x1b" not in out + err
+
+
+def test_too_many_class_names_says_so(base, tmp_path):
+    names = [f"class_{i}" for i in range(100_000)]
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("classes", names))
+    code, _, err, _ = run_process("info", bad)
+    one_line_error(code, err, 2, "bad.pt", "meta.classes", "100000 names")
+    assert "must be a string" not in err
+
+
+def test_long_metadata_is_not_refused_as_not_a_string(base, tmp_path):
+    """A long meta string (a big dataset's split fingerprint) is valid: only its size is bounded."""
+    long_history = [{"stage": "note", "text": "x" * 4000}, {"stage": "note", "text": "y" * 4000}]
+    ok = craft(base["ckpt"], tmp_path / "ok.pt", lambda p, m: m["history"].extend(long_history))
+    code, out, err, _ = run_process("info", ok)
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------- bench: foreign ONNX files (hostile review)
+
+def _pooling_classifier(path: Path, hw: tuple[int, int], opset: int = 17) -> Path:
+    """A valid ONNX classifier with no rtdeploy metadata: N x 3 x H x W -> global pool -> [N, 3]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, *hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+                               helper.make_node("Flatten", ["p"], ["y"])], "pool", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_bench_refuses_a_huge_static_input_before_allocating(tmp_path):
+    """1x3x30000x30000 would be ~10 GB per batch: refused by a real process that stays small."""
+    model = _pooling_classifier(tmp_path / "huge.onnx", (30000, 30000))
+    code, _, err, peak_mb = run_process("bench", model, *FAST_BENCH)
+    one_line_error(code, err, 2, "huge.onnx", "30000x30000")
+    assert 0 < peak_mb < 1500, f"peak RSS {peak_mb} MB"
+
+
+def test_bench_runs_a_small_foreign_onnx(tmp_path):
+    """The same graph at 32x32 is measured: the bound above refuses the size, not the kind of file."""
+    model = _pooling_classifier(tmp_path / "small.onnx", (32, 32))
+    code, out, err, _ = run_process("bench", model, *FAST_BENCH)
+    assert code == 0, err
+    assert "small" in out
+
+
+def test_bench_refuses_a_future_opset_at_load(tmp_path):
+    model = _pooling_classifier(tmp_path / "future.onnx", (32, 32), opset=99)
+    code, _, err, _ = run_process("bench", model, *FAST_BENCH)
+    one_line_error(code, err, 2, "future.onnx", "opset 99", "re-export")
+    assert "internal error" not in err
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+def test_bench_special_file_is_not_a_regular_file(tmp_path, kind):
+    path = Path("/dev/zero") if kind == "dev-zero" else tmp_path / "fifo.pt"
+    if kind == "fifo":
+        os.mkfifo(path)
+    code, _, err, _ = run_process("bench", path, *FAST_BENCH, timeout=60)
+    one_line_error(code, err, 2, "not a regular file")
+    assert "does not exist" not in err
+
+
+def test_bench_out_of_memory_names_bench_flags(cli, base, monkeypatch):
+    def oom(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr("rtdeploy.bench_models.describe", oom)
+    code, _, err = cli("bench", base["onnx"], *FAST_BENCH)
+    one_line_error(code, err, 1, "out of memory", "--batch-sizes")
+    assert "--batch-size " not in err and "--img-size" not in err

@@ -17,6 +17,9 @@ from ..data import check_classes
 from ..errors import ConfigError, DataError, ModelFileError
 from ..export import (ExportConfig, OnnxMeta, count_macs, count_params, export_checkpoint, image_input,
                      load_onnx, make_session, read_metadata, run_session)
+from ..export.graph import not_a_file
+from ..fields import IMG_SIZE_MAX, IMG_SIZE_MIN, MAX_BATCH
+from ..names import show
 
 log = logging.getLogger(__name__)
 _FLAG = re.compile(r"--([a-z][a-z-]*)")
@@ -50,8 +53,7 @@ class BenchModel:
 def is_checkpoint(path: Path) -> bool:
     """True for an rtdeploy checkpoint, False for anything else (then it must be ONNX)."""
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ModelFileError(f"model {path} {what}; pass .onnx files or rtdeploy checkpoints")
+        raise ModelFileError(f"model {show(path)} {not_a_file(path)}; pass .onnx files or rtdeploy checkpoints")
     with open(path, "rb") as f:
         return f.read(4) == _ZIP_MAGIC
 
@@ -104,6 +106,14 @@ def _dims(spec, meta, path: Path) -> tuple[int, int]:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
             raise ModelFileError(f"model {path}: input {what} {v!r} is outside 1..{MAX_SIDE} pixels "
                                  "(graph or rtdeploy.img_size metadata); re-export it with 'rtdeploy export'")
+    # a static input of 30000x30000 would make bench allocate gigabytes per batch: refuse first,
+    # with the same 8..2048 bounds as --img-size and a checkpoint's img_size
+    if not (IMG_SIZE_MIN <= h <= IMG_SIZE_MAX and IMG_SIZE_MIN <= w <= IMG_SIZE_MAX):
+        raise ModelFileError(f"model {show(path)}: input is {h}x{w} pixels, outside what rtdeploy runs "
+                             f"({IMG_SIZE_MIN}..{IMG_SIZE_MAX} per side); export it with a smaller input size")
+    if spec.batch is not None and not 1 <= spec.batch <= MAX_BATCH:
+        raise ModelFileError(f"model {show(path)}: its fixed batch of {spec.batch} is outside 1..{MAX_BATCH}; "
+                             "export it with a dynamic or smaller batch ('rtdeploy export')")
     if size is not None and (size != h or size != w):
         # --data decodes images at the metadata's size: it must be the size the graph runs at
         raise ModelFileError(f"model {path}: its rtdeploy.img_size metadata ({size!r}) does not match its input "

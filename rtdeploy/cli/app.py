@@ -70,6 +70,18 @@ def _dist():
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
+# The flags that lower each command's memory use: an out-of-memory message names only flags the
+# command that failed has (bench has --batch-sizes, not --batch-size or --img-size).
+_MEMORY_FLAGS = {"train": "--batch-size (or --img-size)", "compress": "--batch-size", "bench": "--batch-sizes"}
+_command: str | None = None  # the subcommand being run, set by main()
+
+
+def _oom_message() -> str:
+    flags = _MEMORY_FLAGS.get(_command or "")
+    return f"out of memory; lower {flags}, or free memory and retry" if flags else \
+        "out of memory; free memory (close other programs) and retry"
+
+
 def _explain(e: BaseException) -> tuple[str, int]:
     """Known runtime failures with the flag that fixes them; anything else is an internal error."""
     text = str(e)
@@ -78,7 +90,7 @@ def _explain(e: BaseException) -> tuple[str, int]:
         return dist.PEER_FAILED, 1
     if isinstance(e, MemoryError) or any(t in text.lower() for t in _OOM_TEXTS) \
             or (isinstance(e, OSError) and e.errno == errno.ENOMEM):
-        return "out of memory; lower --batch-size (or --img-size), or free memory and retry", 1
+        return _oom_message(), 1
     if "DataLoader worker" in text:
         return "a data loader worker crashed; retry with --workers 0", 1
     if isinstance(e, FloatingPointError):
@@ -102,7 +114,9 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _command
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     if sys.stdout is None:  # started with stdout closed ('>&-'): nowhere to put the results
         return _fail("standard output is closed; redirect it to a file (or /dev/null) instead of closing it", 2)
     try:

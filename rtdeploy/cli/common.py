@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..fields import (IMG_SIZE_MAX, IMG_SIZE_MIN, MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_LR, MAX_SEED,
                       MAX_WEIGHT_DECAY, MAX_WORKERS, flag_value)
+from ..names import show
 
 # Tables and results go to stdout. Rich falls back to 80 columns when stdout is a pipe or a log
 # file, which truncates the wide side-by-side tables; give those 160.
@@ -166,3 +167,8 @@ def report_scan(splits) -> None:
     of their class, repeats: see rtdeploy/scan.py), names escaped, never wrapped."""
     if splits.scan.count:
         err_console.print(splits.scan.summary(), markup=False, highlight=False, soft_wrap=True)
+    nested = getattr(splits.scan, "nested_only", [])
+    if nested:
+        err_console.print(f"note: {len(nested)} class folder(s) ({show(', '.join(nested[:3]))}) hold images only in "
+                          "sub-folders, which were read recursively as that class; if the sub-folders are the "
+                          "classes, point --data at that level", markup=False, highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from ..errors import ModelFileError
+from ..names import show
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # op type -> (index of the data input, index of the weight input) for the compute-heavy ops
@@ -41,10 +42,14 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     """Load and structurally check `path`; ModelFileError when it is missing or not ONNX."""
     path = Path(path)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ModelFileError(f"model {path} {what}; pass an .onnx file or an rtdeploy checkpoint")
+        raise ModelFileError(f"model {show(path)} {not_a_file(path)}; pass an .onnx file or an rtdeploy checkpoint")
     try:
         model = onnx.load(str(path))
+    except Exception as e:  # DecodeError, OSError
+        first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise ModelFileError(f"{show(path)} is not a valid ONNX model ({first}); export one with 'rtdeploy export'") from e
+    _check_opset(model, path)
+    try:
         onnx.checker.check_model(model)
     except Exception as e:  # DecodeError, ValidationError, OSError: all mean "not a usable ONNX file"
         first = (str(e).splitlines() or [type(e).__name__])[0][:160]
@@ -52,6 +57,30 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if not model.graph.node or not model.graph.output:
         raise ModelFileError(f"{path} is not a valid ONNX model (empty graph); export one with 'rtdeploy export'")
     return model
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path` (not a regular file) cannot be a model, in words."""
+    if path.is_dir():
+        return "is a directory"
+    if path.exists():
+        return "is not a regular file (a device, FIFO or socket)"
+    return "does not exist"
+
+
+# The oldest default-domain opset ONNX Runtime still runs.
+_MIN_OPSET = 7
+
+
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    """The standard-operator opset must be one the installed onnx knows (ONNX Runtime releases
+    track it): a file from a newer exporter would otherwise load and fail only when measured."""
+    top = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not _MIN_OPSET <= imp.version <= top:
+            raise ModelFileError(f"{show(path)} uses ONNX opset {imp.version}, outside what this onnx/onnxruntime "
+                                 f"runs ({_MIN_OPSET}..{top}); re-export it with an opset in that range "
+                                 f"('rtdeploy export --opset 17')")
 
 
 def graph_inputs(model: onnx.ModelProto) -> list:
