@@ -238,6 +238,9 @@ def _check_payload(payload: dict, file_size: int) -> None:
                          f"{held} bytes of weights")
 
 
+_FLOAT_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
 def _check_weights(state_dict: dict) -> None:
     """Weights rtdeploy can compute with: float32 (BatchNorm's step counter int64), every value
     finite, every BatchNorm running variance >= 0. Anything else would be converted silently
@@ -249,6 +252,8 @@ def _check_weights(state_dict: dict) -> None:
             if t.dtype != torch.int64:
                 raise FieldError(field, "an int64 step count", f"a {str(t.dtype).removeprefix('torch.')} tensor")
             continue
+        if t.dtype == torch.int64 and not name.endswith(_FLOAT_KEYS):
+            continue  # an index buffer (e.g. a Swin block's relative_position_index), not a weight
         if t.dtype != torch.float32:
             raise FieldError(field, "a float32 tensor", f"a {str(t.dtype).removeprefix('torch.')} tensor")
         if not bool(torch.isfinite(t).all()):

@@ -758,7 +758,7 @@ def test_bench_out_of_memory_names_bench_flags(cli, base, monkeypatch):
     def oom(*args, **kwargs):
         raise MemoryError()
 
-    monkeypatch.setattr("rtdeploy.bench_models.describe", oom)
+    monkeypatch.setattr("rtdeploy.bench.models.describe", oom)
     code, _, err = cli("bench", base["onnx"], *FAST_BENCH)
     one_line_error(code, err, 1, "out of memory", "--batch-sizes")
     assert "--batch-size " not in err and "--img-size" not in err

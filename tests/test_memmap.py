@@ -77,14 +77,20 @@ def test_channel_stats_are_exact_and_streamed(monkeypatch):
     np.testing.assert_allclose(std, want_std.numpy(), rtol=0, atol=1e-12)
 
 
+# Linux copies the parent's peak RSS into a forked child, so a child of a big pytest process
+# reports the parent's peak. A small wrapper process starts the command and reports its peak.
+_WRAPPER = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+            "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
 def _peak_rss_mb(cmd, env) -> float:
-    """ru_maxrss of the child itself (os.wait4), in MB."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    assert os.waitstatus_to_exitcode(status) == 0, err
-    return usage.ru_maxrss / 1024
+    """ru_maxrss of the command (through a small wrapper process), in MB."""
+    out = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    code, kb = out.stdout.split()
+    assert code == "0", out.stderr
+    return int(kb) / 1024
 
 
 @pytest.mark.slow
