@@ -34,8 +34,11 @@ demo: $(STAMP)
 	$(RT) bench $(DEMO_DIR)/base.onnx $(DEMO_DIR)/pruned.onnx $(DEMO_DIR)/pruned.int8.onnx --data sample \
 		--batch-sizes 1,32 --threads 1 --runs 50 --json $(DEMO_DIR)/bench.json --markdown $(DEMO_DIR)/bench.md --force
 
+# Two test processes (pytest-xdist) on the 2-core CI machine: most tests wait on a real
+# `python -m rtdeploy` process starting up, and one worker leaves a core idle meanwhile.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

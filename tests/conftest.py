@@ -54,6 +54,9 @@ def _one_torch_thread():
     machine (a CI box, a parallel job) slow each step by 100x. Subprocess tests are unaffected."""
     import torch
 
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two test workers share two cores: their subprocesses (the real CLI) take one thread each.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
