@@ -167,6 +167,25 @@ def test_damaged_checkpoint_names_the_field(cli, base, tmp_path, kind):
     assert files(tmp_path) == before
 
 
+@pytest.mark.parametrize("case", ["checkpoint field", "onnx key", "numeric option"])
+def test_damaged_files_and_bad_numbers_in_a_real_process(base, tmp_path, case):
+    """The in-process tests above, once each through a real `python -m rtdeploy`: exactly one
+    line on the process's own stderr, exit 2, no traceback, nothing written."""
+    if case == "checkpoint field":
+        bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("img_size", "64"))
+        args, needle = ["info", bad, "--json", tmp_path / "i.json"], "meta.img_size"
+    elif case == "onnx key":
+        bad = edit_onnx(base["onnx"], tmp_path / "bad.onnx", split="[0, 0.3]")
+        args, needle = ["bench", bad, *FAST_BENCH, "--json", tmp_path / "b.json"], "rtdeploy.split"
+    else:
+        args, needle = ["train", "--data", base["data"], "--lr", "inf", "--out", tmp_path / "m.pt"], "--lr"
+    before = files(tmp_path)
+    code, _, err, _ = run_process(*args, timeout=120)
+    one_line_error(code, err, 2, needle)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert files(tmp_path) == before
+
+
 @pytest.mark.parametrize("command", ["eval", "compress", "export", "bench"])
 def test_damaged_checkpoint_is_refused_by_every_command(cli, base, tmp_path, command):
     bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("img_size", "sixty-four"))
