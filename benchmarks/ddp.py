@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,13 +84,14 @@ def _run(n: int, train_args: list[str], out: Path, cache: Path, threads: int) ->
 
 
 def _subset(src: Path, dst: Path, per_class: int) -> Path:
-    """A class folder of symlinks to the first `per_class` images of each class of `src`."""
+    """A class folder holding copies of the first `per_class` images of each class of `src`
+    (copies, not links: a link leaving its class folder is skipped by the data scan)."""
     for cls in sorted(d for d in src.iterdir() if d.is_dir()):
         (dst / cls.name).mkdir(parents=True, exist_ok=True)
         for f in sorted(p for p in cls.iterdir() if p.is_file())[:per_class]:
-            link = dst / cls.name / f.name
-            if not link.exists():
-                link.symlink_to(f.resolve())
+            copy = dst / cls.name / f.name
+            if not copy.exists():
+                shutil.copyfile(f, copy)
     return dst
 
 
