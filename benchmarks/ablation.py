@@ -136,7 +136,7 @@ def main(argv=None) -> None:
 
 def _summary(rep: dict, seed: int) -> dict:
     acc = rep["accuracy"]
-    return {"seed": seed, "finetuned": acc["finetuned"], "finetuned_last": acc.get("finetuned_last"),
+    return {"seed": seed, "finetuned": acc["finetuned"], "finetuned_last": common.last_epoch_test(rep),
             "pruned": acc["pruned"], "params": rep["params"]["after"], "macs": rep["macs"]["after"],
             "macs_before": rep["macs"]["before"], "finetune_epochs": rep["settings"]["train"]["epochs"]}
 

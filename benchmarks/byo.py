@@ -26,7 +26,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks.common import Recipe, log, mean_std, paired, parser, pm, provenance, runs_dir, seeds, write_results
+from benchmarks.common import (Recipe, last_epoch_test, log, mean_std, paired, parser, pm, provenance, runs_dir, seeds,
+                               write_results)
 
 FAMILIES = ("tv/mobilenet_v3_small", "tv/regnet_y_400mf")
 CRITERIA = ("cap", "bn", "l1")
@@ -106,7 +107,7 @@ def run_seed(args, arch: str, seed: int, runs: dict) -> None:
     for c, t in zip(CRITERIA, timing[1:]):
         rep = reports[c][0]
         runs[c].append({"seed": seed, "accuracy": rep["finetune"]["best_accuracy"],
-                        "accuracy_last": rep["accuracy"].get("finetuned_last"),
+                        "accuracy_last": last_epoch_test(rep),
                         "accuracy_pruned": rep["accuracy"]["pruned"], "params": rep["params"]["after"],
                         "macs": rep["macs"]["after"], "fold": rep["fold"], **t})
 

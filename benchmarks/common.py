@@ -166,6 +166,19 @@ def compress_run(args, r: Recipe, base: Path, seed: int, *, criterion: str, loss
     return asdict(compress(base, splits, cfg, out=out, report_path=report))
 
 
+def last_epoch_test(report: dict) -> float | None:
+    """The last fine-tuning epoch's test accuracy (free of any epoch selection), or None.
+
+    Reports of earlier versions call it `finetuned_last`; now the last epoch's accuracy is
+    `finetuned_last_epoch_eval` on the split the epochs were evaluated on, which is the test
+    split only when there is no validation split (or in the paper's protocol)."""
+    acc = report["accuracy"]
+    if "finetuned_last" in acc:
+        return acc["finetuned_last"]
+    on = report.get("selected_on", "")
+    return acc.get("finetuned_last_epoch_eval") if on.startswith("test") or "no validation split" in on else None
+
+
 def provenance(args, settings: dict) -> dict:
     """What every results file records: command, settings, seeds, versions, machine, date."""
     return {"command": "python -m " + " ".join(shlex.quote(a) for a in [sys.modules["__main__"].__spec__.name, *sys.argv[1:]])

@@ -68,7 +68,7 @@ def _summary(rep: dict, seed: int) -> dict:
     acc = rep["accuracy"]
     fold = rep.get("fold") or {}
     return {"seed": seed, "original": acc["original"], "folded": acc["folded"], "pruned": acc["pruned"],
-            "finetuned": acc["finetuned"], "finetuned_last": acc.get("finetuned_last"),
+            "finetuned": acc["finetuned"], "finetuned_last": common.last_epoch_test(rep),
             "params": rep["params"]["after"], "macs": rep["macs"]["after"], "params_before": rep["params"]["before"],
             "macs_before": rep["macs"]["before"], "gamma_cv_before": fold.get("gamma_cv_before"),
             "gamma_cv_after": fold.get("gamma_cv_after"), "finetune_seconds": rep["seconds"].get("finetune")}
