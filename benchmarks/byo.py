@@ -37,6 +37,8 @@ def _recipe(args, arch: str) -> Recipe:
     r = Recipe(arch=arch, img_size=args.img_size)
     if args.quick:
         r.epochs, r.ft_epochs, r.max_per_class = 2, 1, 8
+    r.epochs = args.epochs or r.epochs
+    r.ft_epochs = args.ft_epochs or r.ft_epochs
     return r
 
 
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--loss", default="ce", choices=("ce", "aml"))
     p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 60)")
+    p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 30)")
     p.set_defaults(seeds=None)
     args = p.parse_args(argv)
     args.seeds = args.seeds or ("0,1" if args.quick else "0,1,2")
