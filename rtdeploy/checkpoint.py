@@ -190,8 +190,16 @@ def _is_onnx(path: Path) -> bool:
 
 
 def _check_zip(path: Path) -> None:
+    check_zip_entries(path, "re-create the checkpoint with 'rtdeploy train'")
+
+
+def check_zip_entries(path: Path, fix: str) -> None:
     """torch.save stores every entry uncompressed; a compressed entry can inflate a tiny file into
-    gigabytes on load, so it is refused, and no entry may claim more bytes than the file has."""
+    gigabytes on load, so it is refused, and no entry may claim more bytes than the file has.
+    Files that are not zip archives (torch's legacy format) are left to the loader."""
+    with open(path, "rb") as f:
+        if f.read(4) != _ZIP_MAGIC:
+            return
     size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as z:
@@ -202,8 +210,8 @@ def _check_zip(path: Path) -> None:
     for info in entries:
         if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size or info.file_size > size:
             raise CheckpointError(f"{show(path)} holds a compressed or oversized entry ({show(info.filename)}: "
-                                  f"{info.file_size} bytes in a {size}-byte file), which rtdeploy never writes; "
-                                  f"re-create the checkpoint with 'rtdeploy train'")
+                                  f"{info.file_size} bytes in a {size}-byte file), which torch.save never writes; "
+                                  f"{fix}")
 
 
 def _safe_load(path: Path):
@@ -231,7 +239,7 @@ def _check_payload(payload: dict, file_size: int) -> None:
     if not state_dict or not all(isinstance(t, torch.Tensor) for t in state_dict.values()):
         raise FieldError("state_dict", "a non-empty mapping of layer names to tensors", "other values")
     dict_of(payload.get("state", {}), "state")
-    _check_views(payload, "the checkpoint")
+    check_views(payload, "the checkpoint")
     held = sum(t.numel() * t.element_size() for t in state_dict.values())
     if held > file_size:  # each weight is stored once; more means views sharing one stored tensor
         raise FieldError("state_dict", f"tensors stored in the file (at most {file_size} bytes)",
@@ -263,7 +271,7 @@ def _check_weights(state_dict: dict) -> None:
             raise FieldError(field, "a variance (every value >= 0)", f"{int((t < 0).sum())} negative values")
 
 
-def _check_views(obj, where: str, depth: int = 0) -> None:
+def check_views(obj, where: str, depth: int = 0) -> None:
     """No tensor may declare more data than its storage holds: a stride-0 or sparse view of a few
     bytes can declare gigabytes, which the model or optimizer would then allocate."""
     if depth > _MAX_DEPTH:
@@ -276,10 +284,10 @@ def _check_views(obj, where: str, depth: int = 0) -> None:
                              f"a {list(obj.shape)} view of {obj.untyped_storage().nbytes()} stored bytes")
     elif isinstance(obj, dict):
         for v in obj.values():
-            _check_views(v, where, depth + 1)
+            check_views(v, where, depth + 1)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            _check_views(v, where, depth + 1)
+            check_views(v, where, depth + 1)
 
 
 def _parse_meta(raw_text: str) -> ModelMeta:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from rtdeploy import distributed, imagestore
 from rtdeploy import fingerprint as split_fingerprint
-from rtdeploy.errors import ConfigError, DataError
+from rtdeploy.errors import ConfigError, DataError, UserInputError
 from rtdeploy.imagefile import check_pixels, failure_reason, loaded_image, open_regular
 from rtdeploy.names import show
 from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
@@ -151,6 +151,18 @@ def _probe_file(path: str) -> str | None:
             return None
     except Exception as exc:  # noqa: BLE001 - as in _decode_file: any decoder error is a bad file
         return show(failure_reason(exc))
+
+
+def _check_cache_outside(root: Path) -> None:
+    """The image cache may not live inside the data folder: its folder would be scanned as a class
+    (with no images) on the next run, and its files could be read as data."""
+    folder = imagestore.cache_dir()
+    if folder is None:
+        return
+    cache, data = os.path.realpath(folder), os.path.realpath(root)
+    if cache == data or cache.startswith(data.rstrip(os.sep) + os.sep):
+        raise ConfigError(f"{imagestore.CACHE_ENV} {show(folder)} lies inside the data folder {show(root)}; "
+                          "point it at a folder outside the data (or pass --data-cache off)")
 
 
 def _load_images(paths, img_size, skip_bad, on_progress, mode: str = "disk"):
@@ -341,10 +353,38 @@ def make_loader(ds: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, e
     if shard is not None and shard[1] > 1:
         batches = sharded_batches(len(ds), batch_size, shuffle=shuffle, seed=seed, epoch=epoch,
                                   rank=shard[0], world_size=shard[1])
-        return DataLoader(ds, batch_sampler=batches, num_workers=workers)
+        return _Loader(ds, batch_sampler=batches, num_workers=workers)
     gen = torch.Generator().manual_seed(_derive_seed(seed, epoch))
-    return DataLoader(ds, batch_sampler=None, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=workers)
+    return _Loader(ds, batch_sampler=None, batch_size=batch_size, shuffle=shuffle, generator=gen,
+                   num_workers=workers)
+
+
+class _Loader(DataLoader):
+    """A DataLoader whose worker errors keep their one-line message.
+
+    torch re-raises an exception from a worker process as the same type with the worker's whole
+    traceback as its message; for rtdeploy's own errors (a file that became unreadable) that
+    message is the user's one line, so the traceback is cut off again here."""
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UserInputError as e:
+                raise type(e)(_worker_message(str(e))) from None
+            yield batch
+
+
+def _worker_message(text: str) -> str:
+    """The original message from torch's 'Caught X in DataLoader worker ... Original Traceback' text."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    kind, sep, message = last.partition(": ")
+    return message if sep and kind.replace(".", "").replace("_", "").isalnum() else last
 
 
 class _Indices(Dataset):
@@ -465,6 +505,8 @@ def load_splits(data: str | None = "sample", *, img_size: int = 64, seed: int = 
     mean = _check_stats("mean", mean, positive=False) if mean is not None else None
     std = _check_stats("std", std, positive=True) if std is not None else None
     root, source = _resolve(data, data_root)
+    if data_cache == "disk" and source != "sample":
+        _check_cache_outside(Path(root))
     classes, files, scan = _scan_folder(root)
     files = _cap_per_class(files, max_per_class, seed)
     paths = [p for class_files in files for p in class_files]

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import inspect
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .errors import ConfigError, DataError, PipelineError, RtdeployError
+from .names import show
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,21 @@ def _check_device(device: str, local_rank: int) -> None:
                           f"{torch.cuda.device_count()} GPU(s); lower --nproc-per-node")
 
 
+def _timeout_minutes() -> float:
+    """RTDEPLOY_DIST_TIMEOUT_MIN: how long a collective may wait (minutes), a positive number."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_MIN
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = math.nan
+    if not (0 < minutes <= 7 * 24 * 60):  # also refuses NaN and infinity
+        raise ConfigError(f"{TIMEOUT_ENV}={show(raw)} must be a number of minutes in (0, 10080]; "
+                          f"fix it or unset it (default {DEFAULT_TIMEOUT_MIN})")
+    return minutes
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the torchrun job (once); a no-op for a single process. Call before loading data."""
     if not launched() or not dist.is_available():
@@ -120,7 +137,7 @@ def setup(device: str = "auto") -> DistInfo:
     if backend == "nccl" or _wants_cuda(device):
         _check_device(device, local_rank)
         torch.cuda.set_device(local_rank)  # "cuda" then means this rank's GPU everywhere
-    minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
+    minutes = _timeout_minutes()
     try:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
     except (RuntimeError, ValueError, OSError) as e:

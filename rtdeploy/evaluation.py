@@ -66,8 +66,10 @@ def split_settings(meta: ModelMeta) -> dict:
 def splits_for(meta: ModelMeta, data: str | None, *, data_root=None, load=load_splits, **kwargs):
     """The checkpoint's own split of `data`: same seed, fractions, size and normalisation as in
     training, and (when the checkpoint records it) the very same files in each split."""
-    if meta.split_fingerprint is None:
-        log.warning("rtdeploy: warning: this checkpoint records no split fingerprint (saved by an older "
+    # Imported weights were trained outside rtdeploy: there is no training split to check (the
+    # import's own report says that accuracy is measured on rtdeploy's split of --data).
+    if meta.split_fingerprint is None and _train_record(meta):
+        log.warning("this checkpoint records no split fingerprint (saved by an older "
                     "rtdeploy), so it cannot be checked that --data still gives its training split")
     settings = {**split_settings(meta), **kwargs}
     splits = load(data, data_root=data_root, img_size=meta.img_size, mean=meta.mean, std=meta.std, **settings)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .names import show
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +202,13 @@ def channel_stats(store: ImageStore, floor: float) -> tuple[tuple, tuple]:
 # ----------------------------------------------------------------------------- disk cache
 
 
+CACHE_ENV = "RTDEPLOY_CACHE_DIR"
+
+
 def cache_dir() -> Path | None:
     if os.environ.get("RTDEPLOY_NO_CACHE", "") not in ("", "0"):
         return None
-    env = os.environ.get("RTDEPLOY_CACHE_DIR")
+    env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "rtdeploy" / "images"
 
 
@@ -212,7 +216,9 @@ def cache_key(paths: list[str], img_size: int) -> str:
     entries = []
     for p in sorted(paths):
         st = os.stat(p)
-        entries.append((p, st.st_size, st.st_mtime_ns))
+        # mtime alone misses a file rewritten with its old mtime restored (cp -p, rsync -t, a
+        # coarse-clock file system); ctime and the inode change on any rewrite and cannot be set back.
+        entries.append((p, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     blob = json.dumps([CACHE_VERSION, img_size, entries]).encode()
     return hashlib.sha256(blob).hexdigest()[:32]
 
@@ -228,7 +234,7 @@ def _cache_open(folder: Path, key: str, paths: list[str], img_size: int):
         info = json.loads(meta.read_text())
         kept, bad = list(info["kept"]), list(info["skipped"])
         ok = (info["version"] == CACHE_VERSION and info["img_size"] == img_size
-              and len(kept) + len(bad) == len(paths)
+              and _index_fits(kept, bad, paths)
               and data.stat().st_size == len(kept) * 3 * img_size * img_size)
     except FileNotFoundError:
         return None
@@ -236,6 +242,18 @@ def _cache_open(folder: Path, key: str, paths: list[str], img_size: int):
         log.warning("ignoring unreadable image cache %s: %s", meta, exc)
         return None
     return (FileStore(data, range(len(kept)), img_size), kept, bad) if ok else None
+
+
+def _index_fits(kept, bad, paths: list[str]) -> bool:
+    """The index maps row i of the data file to image kept[i]: increasing indices into `paths`,
+    and the files it skipped are exactly the others. Anything else (an edited or damaged index)
+    would give images the wrong labels, so the cache is rebuilt."""
+    if not all(type(i) is int for i in kept) or not all(isinstance(p, str) for p in bad):
+        return False
+    if any(b <= a for a, b in zip(kept, kept[1:])) or (kept and not 0 <= kept[0] <= kept[-1] < len(paths)):
+        return False
+    chosen = set(kept)
+    return [p for i, p in enumerate(paths) if i not in chosen] == bad
 
 
 def _decoded_stream(paths: list[str], img_size: int, decode: Decode):
@@ -280,6 +298,9 @@ def _cache_write(folder: Path, key: str, paths: list[str], img_size: int, skip_b
 
 
 def _disk_images(folder: Path, paths, img_size, skip_bad, decode, bad_error, on_progress):
+    if folder.exists() and not folder.is_dir():
+        log.warning("%s %s is not a folder; decoding images on demand (point it at a folder)", CACHE_ENV, folder)
+        return None
     key = cache_key(paths, img_size)
     # One writer per machine (each machine has its own page cache); the others wait for it.
     writer = distributed.info().local_rank == 0
@@ -307,7 +328,15 @@ def _disk_images(folder: Path, paths, img_size, skip_bad, decode, bad_error, on_
 
 def _lazy_images(paths, img_size, skip_bad, decode, bad_error, on_progress, probe):
     """A LazyStore over the files whose header opens (`probe(path)` -> None or the reason);
-    damage past the header shows when the image is decoded."""
+    damage past the header shows when the image is decoded. With skip_bad every file is decoded
+    once here instead (and forgotten): a file whose body is damaged is skipped now, not found
+    mid-training, and a file that fails later changed after the scan."""
+    if skip_bad:
+        def probe(path):  # noqa: F811 - the full check replaces the header probe
+            out = decode(path, img_size)
+            return out if isinstance(out, str) else None
+
+        bad_error = _changed_after_scan
     kept, bad = [], []
     with ThreadPoolExecutor(_threads()) as pool:
         for i, reason in enumerate(pool.map(probe, paths)):
@@ -320,6 +349,11 @@ def _lazy_images(paths, img_size, skip_bad, decode, bad_error, on_progress, prob
             if on_progress is not None:
                 on_progress(i + 1, len(paths))
     return LazyStore([paths[i] for i in kept], img_size, decode, bad_error), kept, bad
+
+
+def _changed_after_scan(path: str, reason: str = "unreadable") -> DataError:
+    return DataError(f"{show(path)} decoded when the data was scanned but not now ({show(reason)}): it changed "
+                     "during the run; restore or remove it and re-run")
 
 
 def load_images(paths: list[str], img_size: int, skip_bad: bool, on_progress: Progress | None, mode: str, *,

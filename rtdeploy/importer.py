@@ -12,16 +12,20 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoint import ModelMeta, load_checkpoint, save_checkpoint, with_module_versions
+from . import fields
+from .checkpoint import ModelMeta, check_views, check_zip_entries, load_checkpoint, save_checkpoint, with_module_versions
 from .data import check_classes, load_splits
 from .env import versions
 from .errors import CheckpointError, ConfigError, PipelineError
+from .fsutil import atomic_path
+from .names import show
 from .models import create_model
 from .models.complexity import count_macs_params
 from .train import evaluate
@@ -70,14 +74,36 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_torch(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    # A deflated entry can inflate a small file into gigabytes, and torch.save never compresses:
+    # the same rule as for rtdeploy's own checkpoints, before anything is read.
+    check_zip_entries(path, "save it again with torch.save(model.state_dict(), path)")
+    try:  # mmap: tensors stay in the file until used, so they are checked before they fill memory
+        with warnings.catch_warnings():  # torch warns about odd layouts before our checks refuse them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} holds pickled Python objects (e.g. a torch.save(model) file) and was not "
                               f"loaded, to avoid running code; {_HELP}") from e
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways inside the unpickler
         raise CheckpointError(f"{path} is truncated, damaged or not a torch file ({type(e).__name__}); "
                               "re-create or re-copy it") from e
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'onnx' or 'other', from the first bytes (whatever the file is named)."""
+    from .checkpoint import _is_onnx
+
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return "onnx" if _is_onnx(path) else "other"
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _is_state_dict(obj) -> bool:
@@ -108,15 +134,26 @@ def _strip_prefix(sd: dict) -> tuple[dict, str | None]:
 def read_state_dict(path: str | Path) -> tuple[dict, str, str | None, str | None]:
     """(state_dict, file format, wrapper key, stripped prefix) from a .pt/.pth/.safetensors file."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"weights file {show(path)} does not exist; pass a .pt/.pth/.safetensors state_dict")
     if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist; pass a .pt/.pth/.safetensors state_dict")
-    if path.suffix.lower() == ".safetensors":
+        raise CheckpointError(f"weights {show(path)} is not a regular file (a folder, FIFO or device); "
+                              "pass a .pt/.pth/.safetensors state_dict file")
+    kind = _sniff(path)
+    if kind == "onnx":
+        raise CheckpointError(f"{show(path)} is an ONNX model, not a state_dict; import the PyTorch weights it was "
+                              "exported from (an ONNX file goes straight to 'rtdeploy bench')")
+    if kind == "safetensors" or path.suffix.lower() == ".safetensors":
         sd, fmt, key = _read_safetensors(path), "safetensors", None
     else:
         sd, key = _unwrap(_read_torch(path), path)
         fmt = "torch"
     if not sd:
         raise CheckpointError(f"{path} holds no tensors; {_HELP}")
+    try:  # sparse, meta, or a few stored bytes declaring a huge tensor: refused before any use
+        check_views(sd, "the weights")
+    except fields.FieldError as e:
+        raise CheckpointError(f"{show(path)}: {e}; {_HELP}") from e
     sd, prefix = _strip_prefix(sd)
     return sd, fmt, key, prefix
 
@@ -147,9 +184,39 @@ def _check_shapes(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None
                           f"the model expects {_shape(want)}; pass the --arch the weights were trained with")
 
 
+_FLOAT_SOURCES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_values(model: nn.Module, sd: dict) -> None:
+    """Values the model can take without a silent change: a float parameter or buffer comes from a
+    real float tensor (half/bfloat16/float64 widen or round to float32 as training frameworks
+    save them; integers, bools and complex numbers would be cast or lose their imaginary part),
+    every value finite, BatchNorm variances >= 0; an integer buffer (step counts, index tables)
+    from an integer tensor."""
+    for key, want in model.state_dict().items():
+        got = sd.get(key)
+        if got is None:
+            continue  # reported as a missing key by load_weights
+        kind = str(got.dtype).removeprefix("torch.")
+        if want.is_floating_point():
+            if got.dtype not in _FLOAT_SOURCES:
+                raise CheckpointError(f"weights key '{show(key)}' is a {kind} tensor where the model needs floating-"
+                                      f"point values; {_HELP}")
+            finite = torch.isfinite(got)
+            if not bool(finite.all()):
+                raise CheckpointError(f"weights key '{show(key)}' holds {int((~finite).sum())} NaN or infinite values "
+                                      f"of {got.numel()}; import weights from a run that did not diverge")
+            if key.endswith("running_var") and bool((got < 0).any()):
+                raise CheckpointError(f"weights key '{show(key)}' is a BatchNorm variance with negative values; "
+                                      "the file is damaged or not what --arch expects")
+        elif got.is_floating_point() or got.is_complex() or got.dtype == torch.bool:
+            raise CheckpointError(f"weights key '{show(key)}' is a {kind} tensor where the model needs integers; {_HELP}")
+
+
 def load_weights(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None:
-    """Load `sd` into `model` exactly: shapes first, then missing, then unexpected keys."""
+    """Load `sd` into `model` exactly: shapes first, then values, then missing and unexpected keys."""
     _check_shapes(model, sd, arch, n_classes)
+    _check_values(model, sd)
     result = model.load_state_dict(with_module_versions(model, sd), strict=False)  # BN counters absent from old files are filled in
     if result.missing_keys:
         more = f" (and {len(result.missing_keys) - 1} more)" if len(result.missing_keys) > 1 else ""
@@ -163,8 +230,8 @@ def load_weights(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None:
 
 def check_img_size(model: nn.Module, arch: str, img_size: int) -> None:
     """One forward pass at `img_size`: some architectures need a minimum (inception 75) or fixed size."""
-    if img_size < 8:
-        raise ConfigError(f"--img-size must be >= 8, got {img_size}")
+    if not fields.IMG_SIZE_MIN <= img_size <= fields.IMG_SIZE_MAX:
+        raise ConfigError(f"--img-size must be between {fields.IMG_SIZE_MIN} and {fields.IMG_SIZE_MAX}, got {img_size}")
     was_training = model.training
     model.eval()
     try:
@@ -205,14 +272,30 @@ def _normalisation(mean, std, splits) -> tuple[tuple, tuple, str]:
     return tuple(splits.mean), tuple(splits.std), f"measured on {splits.source} (train split)"
 
 
-def _verify_reload(out: Path, model: nn.Module, img_size: int) -> None:
+def _check_meta(classes: list[str], mean: tuple, std: tuple) -> None:
+    """What the checkpoint loader will demand of the metadata, checked before anything is written."""
+    try:
+        fields.class_names(list(classes), "--classes")
+        fields.rgb_triple(list(mean), "--mean", positive=False)
+        fields.rgb_triple(list(std), "--std", positive=True)
+    except fields.FieldError as e:
+        raise ConfigError(f"{e}; pass the values the model was trained with") from e
+
+
+def _write_verified(out: Path, model: nn.Module, meta: ModelMeta, img_size: int) -> None:
+    """Write the checkpoint to a temp file, reload it, compare outputs, then rename it into place:
+    a checkpoint that does not reload identically never replaces anything."""
     probe = torch.randn(2, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    reloaded, _ = load_checkpoint(out)
-    with torch.no_grad():
-        same = torch.equal(model.eval()(probe), reloaded(probe))
-    if not same:
-        out.unlink(missing_ok=True)
-        raise PipelineError(f"the imported checkpoint does not reload to the same outputs; {out} was not kept")
+    with atomic_path(out) as tmp:
+        save_checkpoint(tmp, model, meta)
+        try:
+            reloaded, _ = load_checkpoint(tmp)
+        except CheckpointError as e:
+            raise PipelineError(f"the imported checkpoint does not reload ({e}); {show(out)} was not written") from e
+        with torch.no_grad():
+            same = torch.equal(model.eval()(probe), reloaded(probe))
+        if not same:
+            raise PipelineError(f"the imported checkpoint does not reload to the same outputs; {show(out)} was not written")
 
 
 def import_weights(weights: str | Path, *, arch: str, out: str | Path, img_size: int,
@@ -248,13 +331,13 @@ def import_weights(weights: str | Path, *, arch: str, out: str | Path, img_size:
     load_weights(model, sd, arch, len(classes))
     check_img_size(model, arch, img_size)
     mean, std, how = _normalisation(mean, std, splits)
+    _check_meta(classes, mean, std)
     acc = evaluate(model, splits.test) if splits is not None else None
     meta = ModelMeta(arch=arch, classes=list(classes), img_size=img_size, mean=mean, std=std,
                      history=[{"stage": "import", "source": str(weights), "format": fmt, "unwrapped": key,
                                "normalisation": how, "accuracy": acc.accuracy if acc else None,
                                "data": splits.source if splits else None, "versions": versions()}])
-    save_checkpoint(out, model, meta)
-    _verify_reload(out, model, img_size)
+    _write_verified(out, model, meta, img_size)
     macs, params = count_macs_params(model, img_size)
     log.info("imported %s (%d tensors) as %s into %s", weights, len(sd), arch, out)
     return ImportReport(arch=arch, source=str(weights), file_format=fmt, unwrapped=key, prefix_stripped=prefix,

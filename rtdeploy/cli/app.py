@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,12 @@ for _optional in ("compress_cmd", "export_cmd", "bench_cmd"):
 
 
 INTERRUPTED = "interrupted; the last complete checkpoint is intact (continue with --resume)"
+INTERRUPTED_NO_RESUME = "interrupted; nothing was written (outputs appear only when complete); run the command again"
+_RESUMABLE = ("train", "compress")
+
+
+def _interrupted() -> str:
+    return INTERRUPTED if _command in _RESUMABLE else INTERRUPTED_NO_RESUME
 
 
 def _debug() -> bool:
@@ -113,16 +120,37 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings, as the CLI's other lines: `rtdeploy: warning: ...`, one line each,
+    names escaped; under torchrun rank 0 alone speaks (every rank meets the same warnings)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _rank() != 0:
+            return
+        try:
+            sys.stderr.write(f"rtdeploy: warning: {show(record.getMessage())}\n")
+        except (OSError, ValueError):  # stderr gone: nothing to tell
+            pass
+
+
+def _install_warning_line() -> None:
+    logger = logging.getLogger("rtdeploy")
+    if not any(isinstance(h, _WarningLine) for h in logger.handlers):
+        handler = _WarningLine(logging.WARNING)
+        logger.addHandler(handler)  # a handler exists, so logging's last-resort printer stays silent
+
+
 def main(argv: list[str] | None = None) -> int:
     global _command
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _install_warning_line()
     _command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     if sys.stdout is None:  # started with stdout closed ('>&-'): nowhere to put the results
         return _fail("standard output is closed; redirect it to a file (or /dev/null) instead of closing it", 2)
     try:
         result = app(args=argv, standalone_mode=False)
         if result == 130:  # Typer turns Ctrl-C inside a command into a returned 130
-            return _fail(INTERRUPTED, 130)
+            return _fail(_interrupted(), 130)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         if _dist() is not None:
             _dist().shutdown()  # leave the torchrun process group cleanly
@@ -138,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         return _fail(f"{e.format_message()}{hint}", e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        return _fail(INTERRUPTED, 130)
+        return _fail(_interrupted(), 130)
     except (BrokenPipeError, ValueError, OSError) as e:
         if _stdout_broken(e):
             return _stdout_lost()

@@ -12,7 +12,7 @@ from .. import report as fmt
 from ..errors import ConfigError, RtdeployError
 from ..fsutil import plan_outputs, write_text
 from .app import app
-from .common import Data, DataRoot, Force, JsonOut, console, data_input, err_console, load_data, progress
+from .common import Data, DataRoot, Force, JsonOut, console, data_input, err_console, load_every_image, progress
 
 
 def int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -78,7 +78,7 @@ def bench(
         _pyplot()  # a missing matplotlib fails now, not after the measurements
     try:
         with _bars() as (on_stage, on_progress):
-            r = bench_models(models, cfg, data=data, data_root=data_root, load=load_data,
+            r = bench_models(models, cfg, data=data, data_root=data_root, load=load_every_image,
                              on_stage=on_stage, on_progress=on_progress)
     except KeyboardInterrupt:
         raise BenchInterrupted("interrupted; no results were written (bench keeps nothing to resume: "

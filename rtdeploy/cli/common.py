@@ -162,6 +162,23 @@ def load_data(data, **kwargs):
     return splits
 
 
+_SKIP_HINT = ", or pass --skip-bad-images to skip bad files"
+
+
+def load_every_image(data, **kwargs):
+    """load_data for commands without --skip-bad-images (eval, export, bench, import): they rebuild
+    a model's own split, which needs every file, so a bad image's message must not offer the flag."""
+    from ..errors import DataError
+
+    try:
+        return load_data(data, **kwargs)
+    except DataError as e:
+        if _SKIP_HINT not in str(e):
+            raise
+        raise DataError(str(e).replace(_SKIP_HINT, " (this command rebuilds the model's own split, which needs "
+                                                   "every image)")) from e
+
+
 def report_scan(splits) -> None:
     """One line counting the data folder entries the scan skipped (FIFOs, broken links, links out
     of their class, repeats: see rtdeploy/scan.py), names escaped, never wrapped."""

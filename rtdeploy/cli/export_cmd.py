@@ -11,7 +11,7 @@ from ..defaults import EXPORTER, OPSETS
 from ..fields import MAX_BATCH, MAX_IMAGES
 from ..fsutil import check_file_name, plan_outputs, write_text
 from .app import app
-from .common import Data, DataRoot, Force, bounded, console, data_input, err_console, load_data
+from .common import Data, DataRoot, Force, bounded, console, data_input, err_console, load_every_image
 
 MAX_TOLERANCE = 1e6  # --atol/--rtol: finite; logits differ by far less
 
@@ -57,7 +57,7 @@ def export(
                  {"--out": out, "--out (its INT8 copy '<out stem>.int8.onnx')": int8_path(out) if int8 else None,
                   "--report": report}, force=force)
     with err_console.status("exporting") as status:
-        r = export_checkpoint(ckpt, out, cfg, data=data, data_root=data_root, load=load_data,
+        r = export_checkpoint(ckpt, out, cfg, data=data, data_root=data_root, load=load_every_image,
                               on_stage=lambda text: status.update(text))
     console.print(fmt.rich_table(_rows(r), title=f"rtdeploy export: {r.path}"))
     if report:

@@ -8,9 +8,9 @@ import typer
 
 from .. import report as fmt
 from ..errors import ConfigError
-from ..fsutil import check_output, write_json
+from ..fsutil import plan_outputs, write_json
 from .app import app
-from .common import Data, DataRoot, Force, JsonOut, console, load_data
+from .common import Data, DataRoot, Force, JsonOut, console, data_input, load_every_image
 
 Weights = Annotated[Path, typer.Argument(help="A state_dict: .pt/.pth (read with weights_only=True) or .safetensors; "
                                               "a training checkpoint dict with a 'state_dict' or 'model' entry works too.")]
@@ -55,10 +55,10 @@ def import_cmd(
 
     names = parse_classes(classes, data_root) if classes is not None else None
     mean_t, std_t = _triple("--mean", mean), _triple("--std", std)
-    check_output(out, force=force)
-    check_output(json_out, force=force, flag="--json")
+    # The weights, --data and a --classes folder are inputs: no output may be (or lie inside) one.
+    plan_outputs([weights, data_input(data), data_input(classes)], {"--out": out, "--json": json_out}, force=force)
     r = import_weights(weights, arch=arch, out=out, img_size=img_size, classes=names, mean=mean_t, std=std_t,
-                       data=data, data_root=data_root, load=load_data)
+                       data=data, data_root=data_root, load=load_every_image)
     if json_out is not None:
         write_json(json_out, fmt.as_dict(r))
     rows = [{"": "weights", "value": f"{r.source} ({r.file_format}, {r.tensors} tensors"

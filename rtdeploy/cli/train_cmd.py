@@ -14,7 +14,7 @@ from ..fsutil import check_file_name, plan_outputs, write_text
 from ..names import show
 from .app import app
 from .common import (Data, DataCache, DataRoot, Device, Force, JsonOut, Seed, SkipBad, Workers, bounded, console, data_input,
-                     err_console, load_data, recipe_option, training_progress)
+                     err_console, load_data, load_every_image, recipe_option, training_progress)
 
 Ckpt = Annotated[Path, typer.Argument(help="An rtdeploy checkpoint (.pt) from train or compress.")]
 
@@ -118,7 +118,7 @@ def evaluate_cmd(ckpt: Ckpt, data: Data = None, data_root: DataRoot = None, json
     from ..evaluation import evaluate_checkpoint
 
     plan_outputs([ckpt, data_input(data)], {"--json": json_out}, force=force)
-    r = evaluate_checkpoint(ckpt, data, data_root=data_root, split=split, load=load_data)
+    r = evaluate_checkpoint(ckpt, data, data_root=data_root, split=split, load=load_every_image)
     console.print(f"[bold]{r.arch}[/] on {r.data} ({r.split} split, {r.images} images): "
                   f"accuracy [bold]{fmt.pct(r.accuracy)}[/]")
     rows = [{"class": c, "accuracy": fmt.pct(a), "images": n} for c, a, n in zip(r.classes, r.per_class_accuracy, r.per_class_images)]
