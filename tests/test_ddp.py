@@ -201,13 +201,16 @@ def test_ranks_that_see_different_data_fail_on_every_rank(tmp_path):
         "try:\n"
         "    load_splits(root, img_size=16)\n"
         "except DataError as e:\n"
-        "    print('DataError:', e)\n"
+        f"    open({str(tmp_path)!r} + '/said' + os.environ['RANK'], 'w').write(str(e))\n"
         "    sys.exit(2)\n")
     for attempt in range(2):  # one retry with a fresh port: a rendezvous port taken between _port() and use
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_port()),
                str(script)]
+        for f in tmp_path.glob("said*"):
+            f.unlink()
         r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
-        said = [line for line in r.stdout.splitlines() if line.startswith("DataError:")]
+        # each rank writes its own file: two processes printing to one pipe interleave their lines
+        said = [f.read_text() for f in sorted(tmp_path.glob("said*"))]
         if len(said) == 2:
             break
     assert r.returncode != 0

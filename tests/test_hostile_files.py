@@ -434,8 +434,14 @@ def test_numeric_option_is_checked_at_parse_time(cli, base, tmp_path, monkeypatc
     def no_work(*args, **kwargs):
         raise AssertionError("work started with an invalid number")
 
-    for module in ("train_cmd", "compress_cmd", "export_cmd"):
-        monkeypatch.setattr(f"rtdeploy.cli.{module}.load_data", no_work)
+    import rtdeploy.cli.compress_cmd
+    import rtdeploy.cli.export_cmd
+    import rtdeploy.cli.train_cmd
+
+    for module in (rtdeploy.cli.train_cmd, rtdeploy.cli.compress_cmd, rtdeploy.cli.export_cmd):
+        for loader in ("load_data", "load_every_image"):
+            if hasattr(module, loader):
+                monkeypatch.setattr(module, loader, no_work)
     head = {"train": ["train", "--data", base["data"], "--arch", "tiny", "--out", tmp_path / "m.pt"],
             "compress": ["compress", base["ckpt"], "--data", base["data"], "--out", tmp_path / "p.pt"],
             "export": ["export", base["ckpt"], "--out", tmp_path / "m.onnx"]}[command]
