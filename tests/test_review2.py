@@ -228,7 +228,19 @@ def test_bad_image_error_names_only_options_the_command_has(weights, image_folde
         assert "--skip-bad-images" in out, line
 
 
-@pytest.mark.parametrize("value", ["abc", "-1"])
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf", "0", "1e9"])
+def test_dist_timeout_env_is_checked(monkeypatch, value):
+    from rtdeploy.distributed import _timeout_minutes
+    from rtdeploy.errors import ConfigError
+
+    monkeypatch.setenv("RTDEPLOY_DIST_TIMEOUT_MIN", value)
+    with pytest.raises(ConfigError, match="RTDEPLOY_DIST_TIMEOUT_MIN"):
+        _timeout_minutes()
+    monkeypatch.setenv("RTDEPLOY_DIST_TIMEOUT_MIN", "2.5")
+    assert _timeout_minutes() == 2.5
+
+
+@pytest.mark.parametrize("value", ["abc"])  # the other values: the unit test above
 def test_bad_dist_timeout_env_is_named(image_folder, tmp_path, value):
     """RTDEPLOY_DIST_TIMEOUT_MIN=abc was an 'internal error: ValueError' and -1 / nan were reported as
     'could not join the torchrun job ...; check the rendezvous flags' (wrong cause, wrong fix)."""
