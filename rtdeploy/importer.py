@@ -170,14 +170,14 @@ def _classifier_keys(model: nn.Module) -> set[str]:
     return {f"{name}.{p}" for name in last for p in ("weight", "bias")}
 
 
-def _check_shapes(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None:
+def _check_shapes(model: nn.Module, sd: dict, arch: str, n_classes: int, classes_from: str = "--classes lists") -> None:
     expected, head = model.state_dict(), _classifier_keys(model)
     for key, want in expected.items():
         got = sd.get(key)
         if got is None or got.shape == want.shape:
             continue
         if key in head and got.shape[1:] == want.shape[1:]:
-            raise ConfigError(f"--classes lists {n_classes} classes but the weights' classifier '{key}' has "
+            raise ConfigError(f"{classes_from} {n_classes} classes but the weights' classifier '{key}' has "
                               f"{got.shape[0]} outputs; pass the {got.shape[0]} class names (or the dataset) "
                               "the model was trained on")
         raise ConfigError(f"weights do not fit --arch {arch}: key '{key}' has shape {_shape(got)} in the file, "
@@ -213,9 +213,10 @@ def _check_values(model: nn.Module, sd: dict) -> None:
             raise CheckpointError(f"weights key '{show(key)}' is a {kind} tensor where the model needs integers; {_HELP}")
 
 
-def load_weights(model: nn.Module, sd: dict, arch: str, n_classes: int) -> None:
-    """Load `sd` into `model` exactly: shapes first, then values, then missing and unexpected keys."""
-    _check_shapes(model, sd, arch, n_classes)
+def load_weights(model: nn.Module, sd: dict, arch: str, n_classes: int, classes_from: str = "--classes lists") -> None:
+    """Load `sd` into `model` exactly: shapes first, then values, then missing and unexpected keys.
+    `classes_from` says where the class count came from, for the message when the head differs."""
+    _check_shapes(model, sd, arch, n_classes, classes_from)
     _check_values(model, sd)
     result = model.load_state_dict(with_module_versions(model, sd), strict=False)  # BN counters absent from old files are filled in
     if result.missing_keys:
@@ -321,14 +322,15 @@ def import_weights(weights: str | Path, *, arch: str, out: str | Path, img_size:
     model = create_model(arch, len(classes) if classes is not None else 2)  # unknown --arch: before any work
     sd, fmt, key, prefix = read_state_dict(weights)
     splits = None
+    classes_from = "--classes lists"
     if data is not None:
         kwargs = {} if mean is None or std is None else {"mean": tuple(mean), "std": tuple(std)}
         splits = load(data, data_root=data_root, img_size=img_size, **kwargs)
         if classes is None:
-            classes = list(splits.classes)
+            classes, classes_from = list(splits.classes), f"--data {show(splits.source)} has"
         check_classes(splits.classes, classes)
     model = create_model(arch, len(classes))
-    load_weights(model, sd, arch, len(classes))
+    load_weights(model, sd, arch, len(classes), classes_from)
     check_img_size(model, arch, img_size)
     mean, std, how = _normalisation(mean, std, splits)
     _check_meta(classes, mean, std)

@@ -322,3 +322,14 @@ def test_weights_file_is_recognised_by_its_content(weights, tmp_path):
     for odd in (tmp_path, fifo):
         with pytest.raises(CheckpointError, match="not a regular file"):
             read_state_dict(odd)
+
+
+def test_head_mismatch_through_data_names_the_data(tmp_path, image_folder, cli):
+    """With the classes taken from --data (no --classes given), the message must not blame --classes."""
+    torch.manual_seed(0)
+    path = tmp_path / "w5.pt"
+    torch.save(create_model("tiny", 5).state_dict(), path)
+    folder = image_folder(n_classes=3, per_class=4, size=16)
+    code, _, err = cli("import", path, "--arch", "tiny", "--data", folder, "--img-size", "16", "--out", tmp_path / "o.pt")
+    line = _one_line(err)
+    assert code == 2 and "--classes lists" not in line and "--data" in line and "5 outputs" in line, line
