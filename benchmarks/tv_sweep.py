@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep the finished rows of <results-dir>/tv_sweep.json and <work-dir>/rows.jsonl; run the rest")
     p.add_argument("--table-only", action="store_true", help="with --resume: rewrite the results files, run nothing")
+    p.add_argument("--rerun-failed", action="store_true", help="with --resume: run the failed rows again (after a fix)")
     args = p.parse_args(argv)
     args.quick, args.recipe, args.seeds = False, "v2", "0"
     args.data = f"rtdeploy sample ({CLASSES} classes x {PER_CLASS} images)"
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         rows_file.unlink(missing_ok=True)
     done = _committed(args) if args.resume else {}
     done.update(_load_rows(rows_file))
+    if args.rerun_failed:
+        done = {n: r for n, r in done.items() if not (r["outcome"] == "failed" and n in to_run)}
     settings = {"criterion": CRITERION, "ratio": RATIO, "classes": CLASSES, "per_class": PER_CLASS,
                 "epochs": 1, "finetune_epochs": 1, "candidate_sizes": list(CANDIDATE_SIZES)}
 

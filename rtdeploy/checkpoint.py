@@ -98,7 +98,9 @@ _PICKLE_MAGIC = b"\x80"  # pickle protocol 2+: torch's legacy format or a plain 
 _META_KEYS = {f.name for f in fields(ModelMeta)}
 _REQUIRED_META = ("arch", "classes", "img_size", "mean", "std")
 _MAX_FINGERPRINT = 64 << 20  # 6 bytes (base64: 8 chars) per file name: millions of images
-_SPEC_KEYS = {"conv": ("in", "out", "groups"), "bn": ("features",), "linear": ("in", "out")}
+_SPEC_KEYS = {"conv": ("in", "out", "groups"), "bn": ("features",), "linear": ("in", "out"),
+              "ln": ("features",), "gn": ("groups", "features")}
+_MAX_RANK = 8  # dimensions of one recorded tensor
 _MAX_DEPTH = 32  # nesting of the pickled payload; rtdeploy's own is at most 6 deep
 
 
@@ -326,7 +328,7 @@ def _check_structure(structure: dict | None, state_dict: dict) -> None:
     """Every recorded width is a sane integer and matches the weight stored for that layer."""
     if structure is None:
         return
-    known_keys(structure, "meta.structure", ("layers", "removed"))
+    known_keys(structure, "meta.structure", ("layers", "removed", "tensors"))
     removed = structure.get("removed", [])
     if not isinstance(removed, list):
         raise FieldError("meta.structure.removed", "a list of module names", removed)
@@ -334,6 +336,21 @@ def _check_structure(structure: dict | None, state_dict: dict) -> None:
         text(name, "meta.structure.removed entry", empty=False, limit=200)
     for name, spec in dict_of(structure.get("layers", {}), "meta.structure.layers").items():
         _check_spec(name, spec, state_dict)
+    for key, shape in dict_of(structure.get("tensors", {}), "meta.structure.tensors").items():
+        _check_tensor_shape(key, shape, state_dict)
+
+
+def _check_tensor_shape(key: str, shape, state_dict: dict) -> None:
+    """A recorded tensor shape is a short list of sane sizes, equal to the stored tensor's: the
+    model allocates it before loading, so it may not claim more than the file holds."""
+    field = f"meta.structure.tensors[{show(repr(key))}]"
+    if not isinstance(shape, list) or len(shape) > _MAX_RANK:
+        raise FieldError(field, f"a list of at most {_MAX_RANK} sizes", shape)
+    dims = [integer(d, field, 0, MAX_WIDTH) for d in shape]
+    stored = state_dict.get(key)
+    if stored is None or list(stored.shape) != dims:
+        got = "no stored tensor" if stored is None else f"a stored tensor of shape {list(stored.shape)}"
+        raise FieldError(field, f"the shape of the stored tensor ({dims})", got)
 
 
 def _check_head(meta: ModelMeta) -> None:
@@ -351,15 +368,21 @@ def _check_spec(name: str, spec, state_dict: dict) -> None:
     spec = dict_of(spec, field)
     kind = spec.get("type")
     if kind not in _SPEC_KEYS:
-        raise FieldError(f"{field}.type", "conv, bn or linear", kind)
+        raise FieldError(f"{field}.type", "conv, bn, linear, ln or gn", kind)
     known_keys(spec, field, ("type", *_SPEC_KEYS[kind]))
     dims = {k: integer(spec.get(k), f"{field}.{k}", 1, MAX_WIDTH) for k in _SPEC_KEYS[kind]}
     if kind == "conv" and (dims["in"] % dims["groups"] or dims["out"] % dims["groups"]):
         raise FieldError(f"{field}.groups", "a divisor of its in and out widths", dims["groups"])
+    if kind == "gn" and dims["features"] % dims["groups"]:
+        raise FieldError(f"{field}.groups", "a divisor of its width", dims["groups"])
     expected = {"conv": lambda s: tuple(s[:2]) == (dims["out"], dims["in"] // dims["groups"]) and len(s) == 4,
                 "linear": lambda s: tuple(s) == (dims["out"], dims["in"]),
-                "bn": lambda s: tuple(s) == (dims["features"],)}[kind]
+                "bn": lambda s: tuple(s) == (dims["features"],),
+                "ln": lambda s: tuple(s) == (dims["features"],),
+                "gn": lambda s: tuple(s) == (dims["features"],)}[kind]
     stored = state_dict.get(f"{name}.weight", state_dict.get(f"{name}.running_mean"))
+    if stored is None and kind in ("ln", "gn"):
+        return  # a norm without affine weights allocates nothing for its width
     if stored is None or not expected(stored.shape):
         got = "no stored weight" if stored is None else f"a stored weight of shape {list(stored.shape)}"
         raise FieldError(field, f"widths that match the stored weights ({dims})", got)

@@ -82,3 +82,54 @@ def test_structure_rebuilds_a_narrowed_model():
 def test_structure_naming_an_unknown_layer_is_rejected():
     with pytest.raises(ValueError, match="lacks"):
         apply_structure(create_model("tiny", 3), {"layers": {"nope": {"type": "bn", "features": 3}}})
+
+
+class _LayerScaled(nn.Module):
+    """ConvNeXt's pattern at toy size: norms whose forward reads their width from attributes
+    (LayerNorm2d's normalized_shape, GroupNorm's groups) and a loose per-channel scale."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.convnext import LayerNorm2d
+
+        self.conv1, self.ln = nn.Conv2d(3, 16, 3, padding=1), LayerNorm2d(16)
+        self.conv2, self.gn = nn.Conv2d(16, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.layer_scale = nn.Parameter(torch.rand(16, 1, 1) + 0.5)
+        self.prelu, self.fc = nn.PReLU(16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.ln(self.conv1(x))
+        x = x + self.layer_scale * self.gn(self.conv2(x))
+        return self.fc(self.prelu(x).mean((2, 3)))
+
+
+def test_structure_rebuilds_pruned_norms_and_loose_tensors():
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model, x = _LayerScaled().eval(), torch.randn(2, 3, 8, 8)
+    tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[model.fc]).step()
+    assert model.layer_scale.shape[0] == 8 and model.ln.normalized_shape == (8,)
+    structure = describe(model)
+    assert structure["tensors"] == {"layer_scale": [8, 1, 1], "prelu.weight": [8]}
+    assert structure["layers"]["gn"] == {"type": "gn", "groups": 4, "features": 8}
+    rebuilt = apply_structure(_LayerScaled(), structure)
+    rebuilt.load_state_dict(model.state_dict())  # strict: every shape must match
+    assert describe(rebuilt) == structure
+    assert torch.equal(model(x), rebuilt.eval()(x))
+
+
+def test_pruned_convnext_checkpoint_reloads(tmp_path):
+    """torch-pruning narrows ConvNeXt's layer_scale and LayerNorms; the checkpoint must rebuild them."""
+    from rtdeploy.api import prune_channels
+    from rtdeploy.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("tv/convnext_tiny", 3).eval()
+    prune_channels(model, criterion="l1", img_size=32, ratio=0.5)
+    meta = ModelMeta(arch="tv/convnext_tiny", classes=["a", "b", "c"], img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    save_checkpoint(tmp_path / "p.pt", model, meta)
+    rebuilt, _ = load_checkpoint(tmp_path / "p.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model(x))

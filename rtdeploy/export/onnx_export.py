@@ -83,7 +83,9 @@ def to_onnx(model: nn.Module, img_size: int, *, opset: int, dynamic_batch: bool,
     check_exporter(exporter)
     check_opset(opset, exporter)
     model = model.eval().cpu()
-    example = torch.zeros(batch_size, 3, img_size, img_size)
+    # A dynamic batch is traced at batch 2: torch.export specialises a size-1 dimension, and a
+    # model whose graph then guards on it (ConvNeXt's layer scale broadcast) fails to export.
+    example = torch.zeros(2 if dynamic_batch else batch_size, 3, img_size, img_size)
     export = _dynamo if exporter == "dynamo" else _torchscript
     try:
         graph = export(model, example, opset, dynamic_batch)

@@ -3,9 +3,16 @@
 A pruned model differs from its registered architecture only in layer widths and in which
 attention blocks were removed. Recording those as plain data lets a checkpoint rebuild the
 module without pickling it: create the architecture, resize each layer, load the weights.
+
+Layers: convolutions, batch/layer/group norms and linear layers, whose forward reads widths
+from attributes (groups, normalized_shape, num_groups), are recorded by their widths. Any other
+tensor a module holds itself (ConvNeXt's `layer_scale`, PReLU's weight, timm's `gamma`, ...)
+is pruned along with its channels too, and its forward reads only the tensor, so it is recorded
+by shape under "tensors" and rebuilt empty at that shape for the weights to fill.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -20,13 +27,33 @@ def _spec(m: nn.Module) -> dict | None:
         return {"type": "bn", "features": m.num_features}
     if isinstance(m, nn.Linear):
         return {"type": "linear", "in": m.in_features, "out": m.out_features}
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+        return {"type": "ln", "features": m.normalized_shape[0]}
+    if isinstance(m, nn.GroupNorm):
+        return {"type": "gn", "groups": m.num_groups, "features": m.num_channels}
     return None
 
 
+def _own_tensors(m: nn.Module):
+    """(name, tensor) of the parameters and saved buffers `m` holds itself (not its children's)."""
+    for name, t in m._parameters.items():
+        if t is not None:
+            yield name, t
+    for name, t in m._buffers.items():
+        if t is not None and name not in m._non_persistent_buffers_set:
+            yield name, t
+
+
 def describe(model: nn.Module, removed: list[str] | None = None) -> dict:
-    """Plain-data structure: {"layers": {name: spec}, "removed": [module names now Identity]}."""
-    layers = {name: s for name, m in model.named_modules() if (s := _spec(m)) is not None}
-    return {"layers": layers, "removed": sorted(removed or [])}
+    """Plain-data structure: {"layers": {name: spec}, "removed": [module names now Identity],
+    "tensors": {state_dict key: shape} of the tensors held by modules not in "layers"}."""
+    layers, tensors = {}, {}
+    for name, m in model.named_modules():
+        if (s := _spec(m)) is not None:
+            layers[name] = s
+        else:
+            tensors.update({f"{name}.{t_name}" if name else t_name: list(t.shape) for t_name, t in _own_tensors(m)})
+    return {"layers": layers, "removed": sorted(removed or []), "tensors": tensors}
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -42,7 +69,25 @@ def _resized(m: nn.Module, spec: dict) -> nn.Module:
         return nn.BatchNorm2d(spec["features"], m.eps, m.momentum, m.affine, m.track_running_stats)
     if isinstance(m, nn.Linear):
         return nn.Linear(spec["in"], spec["out"], bias=m.bias is not None)
+    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+        return _resized_norm(m, spec)
     raise ValueError(f"cannot resize {type(m).__name__}")
+
+
+def _resized_norm(m: nn.LayerNorm | nn.GroupNorm, spec: dict) -> nn.Module:
+    # Resized in place: subclasses (torchvision's and timm's LayerNorm2d) keep their forward,
+    # and their constructors need not match nn.LayerNorm's.
+    if spec["type"] != ("ln" if isinstance(m, nn.LayerNorm) else "gn"):
+        raise ValueError(f"a {spec['type']} layer recorded where the architecture has {type(m).__name__}")
+    n = spec["features"]
+    if isinstance(m, nn.LayerNorm):
+        m.normalized_shape = (n,)
+    else:
+        m.num_groups, m.num_channels = spec["groups"], n
+    for t_name in ("weight", "bias"):
+        if getattr(m, t_name, None) is not None:
+            setattr(m, t_name, nn.Parameter(torch.empty(n)))
+    return m
 
 
 def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -62,4 +107,21 @@ def apply_structure(model: nn.Module, structure: dict) -> nn.Module:
             raise ValueError(f"structure names layer {name!r}, which the architecture lacks")
         if _spec(modules[name]) != spec:
             set_module(model, name, _resized(modules[name], spec))
+    for key, shape in structure.get("tensors", {}).items():
+        _reshape_tensor(model, key, tuple(shape))
     return model
+
+
+def _reshape_tensor(model: nn.Module, key: str, shape: tuple[int, ...]) -> None:
+    owner_name, _, t_name = key.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    current = dict(_own_tensors(owner)).get(t_name)
+    if current is None:
+        raise ValueError(f"structure names tensor {key!r}, which the architecture lacks")
+    if tuple(current.shape) == shape:
+        return
+    fresh = torch.empty(shape, dtype=current.dtype)
+    if t_name in owner._parameters:
+        setattr(owner, t_name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+    else:
+        owner.register_buffer(t_name, fresh)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -174,9 +175,15 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
     if cfg.scope == "local":
         _check_not_emptied(model, ratio)
     ignored = [classifier_of(model)] + [squeeze_layer(se) for se in attention_blocks(model).values()]
-    pruner = _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
-                     pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
-                     ignored_layers=ignored)  # SE fc1: keep the SE bottleneck at C/16 if SE stays
+    with warnings.catch_warnings():
+        # Parameters outside torch-pruning's layer types (ConvNeXt's layer_scale [C,1,1], timm's
+        # gamma [C]) are pruned along their last non-singleton dimension, their channel one;
+        # torch-pruning warns about each, but the checkpoint records their new shapes, so the
+        # user has nothing to act on.
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        pruner = _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
+                         pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
+                         ignored_layers=ignored)  # SE fc1: keep the SE bottleneck at C/16 if SE stays
     pruner.step()
 
 
