@@ -67,7 +67,8 @@ def base_model(args, r: Recipe, seed: int) -> Path:
     log(f"training {r.arch} seed {seed} ({r.epochs} epochs, {args.device})")
     cfg = TrainConfig(epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule=r.schedule, seed=seed,
                       label_smoothing=r.label_smoothing, device=args.device, select="val")
-    run_training(_load(args, r, seed), r.arch, cfg, out)
+    last = out.with_name(out.name + ".last")  # a run cut short continues where it stopped
+    run_training(_load(args, r, seed), r.arch, cfg, out, resume=last if last.exists() else None)
     return out
 
 
@@ -87,7 +88,9 @@ def compressed(args, r: Recipe, base: Path, seed: int, criterion: str) -> tuple[
                          train=TrainConfig(epochs=r.ft_epochs, batch_size=r.batch_size, lr=r.ft_lr,
                                            schedule="cosine", seed=seed, device=args.device, select="val"))
     _, meta = load_checkpoint(base)
-    return asdict(compress(base, _load(args, r, seed, meta.mean, meta.std), cfg, out=out, report_path=report)), out
+    last = out.with_name(out.name + ".last")  # a run cut short continues where it stopped
+    return asdict(compress(base, _load(args, r, seed, meta.mean, meta.std), cfg, out=out, report_path=report,
+                           resume=last if last.exists() else None)), out
 
 
 def latency(args, checkpoints: list[Path]) -> list[dict]:
@@ -100,9 +103,19 @@ def latency(args, checkpoints: list[Path]) -> list[dict]:
             for m in rep.models]
 
 
+def _cached(args, r: Recipe, seed: int) -> bool:
+    """Whether every model of this family and seed is finished in --runs-dir."""
+    base = runs_dir(args) / f"{_tag(r, seed)}.pt"
+    outs = [base] + [runs_dir(args) / f"{base.stem}_{c}_{args.loss}_r{args.ratio:g}_ft{r.ft_epochs}.pt" for c in CRITERIA]
+    return all(o.exists() and o.with_suffix(".json").exists() for o in outs)
+
+
 def run_seed(args, arch: str, seed: int, runs: dict) -> None:
     """Train, compress with each criterion, time; append one entry per model to `runs`."""
     r = _recipe(args, arch)
+    if args.cached_only and not _cached(args, r, seed):
+        log(f"{arch} seed {seed}: not finished in {runs_dir(args)}; left out (--cached-only)")
+        return
     base = base_model(args, r, seed)
     reports = {c: compressed(args, r, base, seed, c) for c in CRITERIA}
     timing = latency(args, [base] + [reports[c][1] for c in CRITERIA])
@@ -160,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the recipe's 60)")
     p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (default: the recipe's 30)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="tabulate only the families and seeds whose models are all finished in --runs-dir (a run cut "
+                        "short, or runs split over several processes); latency is measured again")
     p.set_defaults(seeds=None)
     args = p.parse_args(argv)
     args.seeds = args.seeds or ("0,1" if args.quick else "0,1,2")
