@@ -410,8 +410,9 @@ def with_module_versions(model: nn.Module, state_dict: dict) -> dict:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model (eval mode) and its metadata from `path`."""
+def load_checkpoint(path: str | os.PathLike, *, check_forward: bool = True) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model (eval mode) and its metadata from `path`. `check_forward`: run one zero
+    image through it (see _check_connects); off only where a caller times the first inference."""
     meta, state_dict, _ = read_checkpoint(path)
     model = build_model(meta, path)
     try:
@@ -421,4 +422,24 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
             raise
         raise CheckpointError(f"{show(path)}: weights do not fit architecture {show(repr(meta.arch))} "
                               f"({show(str(e).splitlines()[0])}); re-create the checkpoint") from e
+    if check_forward:
+        _check_connects(model.eval(), meta, path)
     return model.eval(), meta
+
+
+def _check_connects(model: nn.Module, meta: ModelMeta, path) -> None:
+    """Each recorded width matches its own stored weight, but only running the model shows that
+    neighbours agree (a conv narrowed while its BatchNorm was not, a layer scale of another
+    width): a damaged or crafted structure is refused here, not met inside torch by a command,
+    which would blame the exporter or the pruner."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, meta.img_size, meta.img_size))
+    except (RuntimeError, ValueError, IndexError) as e:
+        if "can't allocate memory" in str(e):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _damaged(Path(path), f"meta.structure: its layers do not fit together ({show(first)[:200]})") from e
+    if isinstance(out, torch.Tensor) and tuple(out.shape) != (1, meta.num_classes):
+        raise _damaged(Path(path), f"meta.structure: the model gives {list(out.shape)} logits for one image, "
+                                   f"not one per class in meta.classes ({meta.num_classes})")

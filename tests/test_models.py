@@ -120,16 +120,48 @@ def test_structure_rebuilds_pruned_norms_and_loose_tensors():
     assert torch.equal(model(x), rebuilt.eval()(x))
 
 
-def test_pruned_convnext_checkpoint_reloads(tmp_path):
-    """torch-pruning narrows ConvNeXt's layer_scale and LayerNorms; the checkpoint must rebuild them."""
+@pytest.fixture(scope="module")
+def pruned_convnext(tmp_path_factory):
+    """tv/convnext_tiny pruned at 32 px and saved: (its checkpoint, the pruned module)."""
     from rtdeploy.api import prune_channels
-    from rtdeploy.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+    from rtdeploy.checkpoint import ModelMeta, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("tv/convnext_tiny", 3).eval()
     prune_channels(model, criterion="l1", img_size=32, ratio=0.5)
     meta = ModelMeta(arch="tv/convnext_tiny", classes=["a", "b", "c"], img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
-    save_checkpoint(tmp_path / "p.pt", model, meta)
-    rebuilt, _ = load_checkpoint(tmp_path / "p.pt")
+    path = tmp_path_factory.mktemp("convnext") / "p.pt"
+    save_checkpoint(path, model, meta)
+    return path, model
+
+
+def test_pruned_convnext_checkpoint_reloads(pruned_convnext):
+    """torch-pruning narrows ConvNeXt's layer_scale and LayerNorms; the checkpoint must rebuild them."""
+    from rtdeploy.checkpoint import load_checkpoint
+
+    path, model = pruned_convnext
+    rebuilt, _ = load_checkpoint(path)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [[5, 1, 1], [0, 1, 1], [48]])
+def test_loose_tensor_of_another_width_is_refused_on_load(pruned_convnext, tmp_path, shape):
+    """A layer_scale recorded and stored at a width its block does not have (a crafted or
+    damaged file): the shapes agree with each other, so only running the rebuilt model shows
+    it; load refuses the file instead of every command failing later inside torch."""
+    import json
+
+    from rtdeploy.checkpoint import load_checkpoint
+    from rtdeploy.errors import CheckpointError
+
+    payload = torch.load(pruned_convnext[0], weights_only=True)
+    meta = json.loads(payload["meta"])
+    key = "features.1.0.layer_scale"
+    assert meta["structure"]["tensors"][key] == [48, 1, 1]
+    payload["state_dict"][key] = torch.ones(shape)
+    meta["structure"]["tensors"][key] = shape
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="meta.structure"):
+        load_checkpoint(tmp_path / "bad.pt")
