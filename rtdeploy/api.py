@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import fields
 from .attention import capture_attention as _capture
 from .bench import BenchConfig, BenchReport, bench_models
 from .errors import ConfigError, PipelineError
@@ -43,9 +44,40 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# Arguments are checked before any work: inside torch a bad one fails as a bare TypeError or
+# RuntimeError, or (inside the pruner) as "this architecture cannot be pruned", which blames
+# the wrong thing.
+
+def _check_img_size(img_size) -> int:
+    try:
+        return fields.img_size(img_size, "img_size")
+    except fields.FieldError as e:
+        raise ConfigError(f"{e}; pass the square input size (pixels) the model takes") from e
+
+
+def _check_model(model) -> None:
+    """A module with float32 weights that hold values (not on the meta device), all finite."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = [*model.named_parameters(), *model.named_buffers()]
+    if not any(True for _ in model.parameters()):
+        raise ConfigError(f"the model ({type(model).__name__}) has no parameters; pass an image classifier")
+    for name, t in named:
+        if t.is_meta:
+            raise ConfigError(f"the model's '{name}' is on the meta device (it has no values); "
+                              "load the weights first (model.to_empty(device='cpu'), then load_state_dict)")
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise ConfigError(f"the model's '{name}' is {str(t.dtype).removeprefix('torch.')}; rtdeploy works in "
+                              "float32: call model.float() first")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"the model's '{name}' holds {int((~torch.isfinite(t)).sum())} NaN or infinite values; "
+                              "use weights from a run that did not diverge")
+
+
 def capture_attention(model: nn.Module, *, images: Images, max_images: int | None = 1024) -> dict[str, torch.Tensor]:
     """Mean attention s_bar per channel of every SE block (rtdeploy, torchvision or timm SE),
     over up to `max_images` of `images`: {block name: tensor [C]}. The model is not changed."""
+    _check_model(model)
     return _capture(model, images, max_images)
 
 
@@ -58,6 +90,7 @@ def fold_attention(model: nn.Module, *, images: Images, max_images: int | None =
     `check_images` (default: 4 random images at the size of the first batch); the verdict is in
     the report, and a failed check raises PipelineError. FoldError (exit 2) names an SE block
     with no BatchNorm before it."""
+    _check_model(model)
     means = _capture(model, images, max_images)
     if check_images is None:
         first = next(iter(_first_batch(images)))
@@ -82,6 +115,8 @@ def prune_channels(model: nn.Module, *, criterion: str, img_size: int, ratio: fl
     are multiples of it (8 suits CPU kernels). `calib`: (images, labels) batches, needed by
     "taylor". "cap" needs fold_attention first. An architecture torch-pruning cannot prune is
     refused (UnprunableError, saying why) before the model is touched."""
+    _check_model(model)
+    img_size = _check_img_size(img_size)
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either ratio or target_macs, not both")
     cfg = PruneConfig(ratio=0.5 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs)
@@ -119,6 +154,11 @@ def finetune(model: nn.Module, *, train: Dataset | DataLoader, val: Dataset | Da
 
 def _parity_images(images: torch.Tensor | None, img_size: int) -> tuple[torch.Tensor, str]:
     if images is not None:
+        if (not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4
+                or len(images) == 0 or tuple(images.shape[1:]) != (3, img_size, img_size)):
+            got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ConfigError(f"parity_images must be a float tensor [N, 3, {img_size}, {img_size}] with N >= 1, "
+                              f"got {got}")
         return images.float().cpu(), "given"
     return torch.randn(16, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)), "random"
 
@@ -134,12 +174,20 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
     `rtdeploy bench` reads. ONNX Runtime must reproduce PyTorch's logits on `parity_images`
     (normalised images; default: 16 random ones), else PipelineError and nothing is written."""
     t0 = time.perf_counter()
+    _check_model(model)
+    img_size = _check_img_size(img_size)
+    classes, mean, std = _check_onnx_meta(classes, mean, std)
+    images, source = _parity_images(parity_images, img_size)
     check_output(out, force=force)
     opset = DEFAULT_OPSETS[exporter] if opset is None and exporter in DEFAULT_OPSETS else opset
     model = model.cpu().eval()
-    classes = list(classes)
     with torch.no_grad():
-        n_out = model(torch.zeros(1, 3, img_size, img_size)).shape[-1]
+        logits = model(torch.zeros(1, 3, img_size, img_size))
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        what = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"the model must return one logits tensor [N, classes], got {what}; export the "
+                          "classifier alone (wrap it to return the logits)")
+    n_out = logits.shape[-1]
     if n_out != len(classes):
         raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
     graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
@@ -151,7 +199,6 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
     record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
     check_graph(graph)
     blob = graph.SerializeToString()
-    images, source = _parity_images(parity_images, img_size)
     parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
     if not parity.passed:
         raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
@@ -165,6 +212,24 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
                         nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
                         checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
                         metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+
+
+def _check_onnx_meta(classes, mean, std) -> tuple[list[str], tuple, tuple]:
+    """What `rtdeploy bench` and the checkpoint reader demand of the metadata: a file that
+    rtdeploy refuses to read back is never written (a str is not taken as a list of letters)."""
+    try:
+        if isinstance(classes, str):
+            raise fields.FieldError("classes", "a list of class names", classes)
+        names = fields.class_names(list(classes), "classes")
+        mean = fields.rgb_triple(list(mean) if not isinstance(mean, str) else mean, "mean", positive=False)
+        std = fields.rgb_triple(list(std) if not isinstance(std, str) else std, "std", positive=True)
+    except TypeError as e:  # not iterable
+        raise ConfigError(f"classes, mean and std must be sequences ({e})") from e
+    except fields.FieldError as e:
+        raise ConfigError(f"{e}; pass the values the model was trained with") from e
+    if len(set(names)) != len(names):
+        raise ConfigError("classes has duplicate names; each output of the model needs its own class")
+    return names, mean, std
 
 
 def benchmark(models: Sequence[str | Path], *, batch_sizes: Sequence[int] = (1,), threads: Sequence[int] = (1,),
