@@ -203,3 +203,9 @@ def test_export_refuses_bad_parity_images_and_non_classifiers(tmp_path, case):
     with pytest.raises(ConfigError, match="parity_images|logits"):
         rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, exporter="torchscript", **_META, **extra)
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("setting", [{"ratio": "0.5"}, {"target_macs": "0.5"}, {"ratio": [0.5]}])
+def test_prune_settings_of_the_wrong_type_are_config_errors(setting):
+    with pytest.raises(ConfigError, match="must be a number"):
+        rtdeploy.prune_channels(create_model("tiny", 3).eval(), criterion="l1", img_size=16, **setting)
