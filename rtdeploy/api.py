@@ -180,38 +180,46 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
     images, source = _parity_images(parity_images, img_size)
     check_output(out, force=force)
     opset = DEFAULT_OPSETS[exporter] if opset is None and exporter in DEFAULT_OPSETS else opset
-    model = model.cpu().eval()
-    with torch.no_grad():
-        logits = model(torch.zeros(1, 3, img_size, img_size))
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        what = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ConfigError(f"the model must return one logits tensor [N, classes], got {what}; export the "
-                          "classifier alone (wrap it to return the logits)")
-    n_out = logits.shape[-1]
-    if n_out != len(classes):
-        raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
-    graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
-    before = node_count(graph)
-    graph, simplified = simplify(graph, simplifier)
-    meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
-                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
-    write_metadata(graph, meta)
-    record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
-    check_graph(graph)
-    blob = graph.SerializeToString()
-    parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
-    if not parity.passed:
-        raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
-                            f"(max |diff| {parity.max_abs_diff:.3g}{', ' + parity.error if parity.error else ''}); "
-                            "nothing was written")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(blob)
-    return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, exporter=exporter_record(exporter),
-                        dynamic_batch=True,
-                        batch_size=None, simplifier=simplifier, simplified=simplified,
-                        nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
-                        checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
-                        metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+    # The caller's model goes back to its device and to each module's mode: a training loop that
+    # exports a snapshot must not go on with BatchNorm frozen, or on the CPU.
+    device, modes = _device(model), {m: m.training for m in model.modules()}
+    try:
+        model = model.cpu().eval()
+        with torch.no_grad():
+            logits = model(torch.zeros(1, 3, img_size, img_size))
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            what = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"the model must return one logits tensor [N, classes], got {what}; export the "
+                              "classifier alone (wrap it to return the logits)")
+        n_out = logits.shape[-1]
+        if n_out != len(classes):
+            raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
+        graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
+        before = node_count(graph)
+        graph, simplified = simplify(graph, simplifier)
+        meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
+                        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+        write_metadata(graph, meta)
+        record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
+        check_graph(graph)
+        blob = graph.SerializeToString()
+        parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
+        if not parity.passed:
+            raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
+                                f"(max |diff| {parity.max_abs_diff:.3g}{', ' + parity.error if parity.error else ''}); "
+                                "nothing was written")
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(blob)
+        return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, exporter=exporter_record(exporter),
+                            dynamic_batch=True,
+                            batch_size=None, simplifier=simplifier, simplified=simplified,
+                            nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
+                            checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
+                            metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+    finally:
+        model.to(device)
+        for m, training in modes.items():
+            m.training = training
 
 
 def _check_onnx_meta(classes, mean, std) -> tuple[list[str], tuple, tuple]:

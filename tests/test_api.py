@@ -209,3 +209,13 @@ def test_export_refuses_bad_parity_images_and_non_classifiers(tmp_path, case):
 def test_prune_settings_of_the_wrong_type_are_config_errors(setting):
     with pytest.raises(ConfigError, match="must be a number"):
         rtdeploy.prune_channels(create_model("tiny", 3).eval(), criterion="l1", img_size=16, **setting)
+
+
+def test_export_leaves_a_training_model_in_training_mode(tmp_path):
+    """Review 3: export_onnx switched the caller's model to eval mode and left it there, so a
+    training loop that exports a snapshot each epoch went on training with frozen BatchNorm
+    statistics and no dropout."""
+    model = create_model("tiny", 3).train()
+    rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, exporter="torchscript", **_META)
+    assert model.training and all(m.training for m in model.modules())
+    assert (tmp_path / "m.onnx").exists()
