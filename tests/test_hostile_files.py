@@ -156,6 +156,9 @@ DAMAGE = {
     "layer norm width not stored": (lambda p, m: m["structure"]["layers"].__setitem__("bn1", {"type": "ln", "features": 7}),
                                     "bn1"),
     "widths that do not connect": (_unconnected, "meta.structure"),
+    # its stored shape, but set alone it would leave fc.in_features/out_features disagreeing with it
+    "a layer's weight under tensors": (lambda p, m: m["structure"].__setitem__("tensors", {"fc.weight": [3, 32]}),
+                                       "meta.structure"),
     "format_version a string": (lambda p, m: p.__setitem__("format_version", "1"), "format_version"),
     "format_version from the future": (lambda p, m: p.__setitem__("format_version", 99), "newer rtdeploy"),
     "state_dict a list": (lambda p, m: p.__setitem__("state_dict", [1, 2]), "state_dict"),

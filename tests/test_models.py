@@ -165,3 +165,76 @@ def test_loose_tensor_of_another_width_is_refused_on_load(pruned_convnext, tmp_p
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="meta.structure"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+class _BnAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass whose forward also applies an activation."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class _GainConv(nn.Conv2d):
+    """timm's ScaledStdConv2d pattern: a Conv2d subclass with its own per-output `gain` tensor."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+class _Subclassed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = _GainConv(3, 16, 3, padding=1), _BnAct(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), _BnAct(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_structure_keeps_layer_subclasses_and_their_own_tensors():
+    """Review 3: layers were rebuilt as plain nn.Conv2d/BatchNorm2d, dropping a subclass's forward
+    (timm's BatchNormAct2d lost its activation, so a pruned timm/mobilenetv3 checkpoint did not
+    reload to the same outputs) and its extra tensors (ScaledStdConv2d's gain)."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model, x = _Subclassed().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.normal_()
+    tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[model.fc]).step()
+    model.conv1.gain = nn.Parameter(model.conv1.gain[:8].detach().clone())  # torch-pruning leaves it alone
+    structure = describe(model)
+    assert structure["tensors"] == {"conv1.gain": [8, 1, 1, 1]}
+    rebuilt = apply_structure(_Subclassed(), structure)
+    assert type(rebuilt.bn1) is _BnAct and type(rebuilt.conv1) is _GainConv
+    rebuilt.load_state_dict(model.state_dict())  # strict
+    assert describe(rebuilt) == structure
+    torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=0, atol=0)
+
+
+def test_pruned_timm_checkpoint_reloads(tmp_path):
+    pytest.importorskip("timm")
+    from rtdeploy.api import prune_channels
+    from rtdeploy.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("timm/mobilenetv3_small_050", 3).eval()
+    prune_channels(model, criterion="l1", img_size=32, ratio=0.5)
+    meta = ModelMeta(arch="timm/mobilenetv3_small_050", classes=["a", "b", "c"], img_size=32,
+                     mean=(0.5,) * 3, std=(0.25,) * 3)
+    save_checkpoint(tmp_path / "p.pt", model, meta)
+    rebuilt, _ = load_checkpoint(tmp_path / "p.pt")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
