@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError, RegistryError
-from .fields import (MAX_JSON_CHARS, MAX_WIDTH, SPLIT_FIELDS, FieldError, class_names, dict_of, img_size, integer, known_keys,
+from .fields import (MAX_JSON_CHARS, MAX_WIDTH, SPLIT_FIELDS, FieldError, brief, class_names, dict_of, img_size, integer, known_keys,
                      list_of_dicts, parse_json, rgb_triple, text)
 from .fsutil import atomic_path
 from .names import show
@@ -257,7 +257,7 @@ def _check_weights(state_dict: dict) -> None:
     (bool/int/complex to float) or give garbage predictions that only fail later, as a parity
     or accuracy puzzle. float16/float64 are refused too: rtdeploy never writes them."""
     for name, t in state_dict.items():
-        field = f"state_dict[{show(repr(name))}]"
+        field = f"state_dict[{brief(name)}]"
         if name.endswith("num_batches_tracked"):
             if t.dtype != torch.int64:
                 raise FieldError(field, "an int64 step count", f"a {str(t.dtype).removeprefix('torch.')} tensor")
@@ -343,7 +343,7 @@ def _check_structure(structure: dict | None, state_dict: dict) -> None:
 def _check_tensor_shape(key: str, shape, state_dict: dict) -> None:
     """A recorded tensor shape is a short list of sane sizes, equal to the stored tensor's: the
     model allocates it before loading, so it may not claim more than the file holds."""
-    field = f"meta.structure.tensors[{show(repr(key))}]"
+    field = f"meta.structure.tensors[{brief(key)}]"
     if not isinstance(shape, list) or len(shape) > _MAX_RANK:
         raise FieldError(field, f"a list of at most {_MAX_RANK} sizes", shape)
     dims = [integer(d, field, 0, MAX_WIDTH) for d in shape]
@@ -364,7 +364,7 @@ def _check_head(meta: ModelMeta) -> None:
 
 
 def _check_spec(name: str, spec, state_dict: dict) -> None:
-    field = f"meta.structure.layers[{show(repr(name))}]"
+    field = f"meta.structure.layers[{brief(name)}]"
     spec = dict_of(spec, field)
     kind = spec.get("type")
     if kind not in _SPEC_KEYS:
@@ -398,8 +398,14 @@ def build_model(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.M
         try:
             apply_structure(model, meta.structure)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise _damaged(Path(path), f"meta.structure does not fit {meta.arch} ({show(str(e).splitlines()[0] if str(e) else type(e).__name__)})") from e
+            raise _damaged(Path(path), f"meta.structure does not fit {meta.arch} ({_first_line(e)})") from e
     return model
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+    """An exception's first line for a message, bounded: it may quote a crafted 100,000-character key."""
+    text = show(str(e).splitlines()[0]) if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def with_module_versions(model: nn.Module, state_dict: dict) -> dict:
@@ -421,7 +427,7 @@ def load_checkpoint(path: str | os.PathLike, *, check_forward: bool = True) -> t
         if "can't allocate memory" in str(e):
             raise
         raise CheckpointError(f"{show(path)}: weights do not fit architecture {show(repr(meta.arch))} "
-                              f"({show(str(e).splitlines()[0])}); re-create the checkpoint") from e
+                              f"({_first_line(e)}); re-create the checkpoint") from e
     if check_forward:
         _check_connects(model.eval(), meta, path)
     return model.eval(), meta

@@ -819,3 +819,22 @@ def test_bench_out_of_memory_names_bench_flags(cli, base, monkeypatch):
     code, _, err = cli("bench", base["onnx"], *FAST_BENCH)
     one_line_error(code, err, 1, "out of memory", "--batch-sizes")
     assert "--batch-size " not in err and "--img-size" not in err
+
+
+@pytest.mark.parametrize("where", ["tensors", "layers", "state_dict"])
+def test_a_huge_key_is_named_briefly(cli, base, tmp_path, where):
+    """Review 3: a 100,000-character key was printed whole, a 100 KB error line."""
+    key = "k" * 100_000
+
+    def edit(p, m):
+        if where == "tensors":
+            m["structure"]["tensors"] = {key: [3]}
+        elif where == "layers":
+            m["structure"]["layers"][key] = {"type": "bn", "features": 3}
+            p["state_dict"][f"{key}.weight"] = torch.ones(3)
+        else:
+            p["state_dict"][key] = torch.ones(3, dtype=torch.float16)
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", edit)
+    code, _, err = cli("info", bad)
+    line = one_line_error(code, err, 2, "bad.pt", "kkkk")
+    assert len(line) < 1000, len(line)
