@@ -421,6 +421,7 @@ def load_checkpoint(path: str | os.PathLike, *, check_forward: bool = True) -> t
     image through it (see _check_connects); off only where a caller times the first inference."""
     meta, state_dict, _ = read_checkpoint(path)
     model = build_model(meta, path)
+    _check_dtypes(model, state_dict, path)
     try:
         model.load_state_dict(with_module_versions(model, state_dict), strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
@@ -431,6 +432,18 @@ def load_checkpoint(path: str | os.PathLike, *, check_forward: bool = True) -> t
     if check_forward:
         _check_connects(model.eval(), meta, path)
     return model.eval(), meta
+
+
+def _check_dtypes(model: nn.Module, state_dict: dict, path) -> None:
+    """Each stored tensor has the dtype of the tensor it fills: load_state_dict would cast an int64
+    layer scale (which _check_weights lets through, as it would an index table) silently."""
+    expected = model.state_dict()
+    for key, t in state_dict.items():
+        want = expected.get(key)
+        if want is not None and want.dtype != t.dtype:
+            raise CheckpointError(f"{show(path)}: state_dict[{brief(key)}] is a {str(t.dtype).removeprefix('torch.')} "
+                                  f"tensor where the model has {str(want.dtype).removeprefix('torch.')}; "
+                                  f"re-create the checkpoint with 'rtdeploy train' (or 'compress')")
 
 
 def _check_connects(model: nn.Module, meta: ModelMeta, path) -> None:

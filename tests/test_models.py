@@ -238,3 +238,20 @@ def test_pruned_timm_checkpoint_reloads(tmp_path):
     rebuilt, _ = load_checkpoint(tmp_path / "p.pt")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_loose_tensor_of_another_dtype_is_refused_on_load(pruned_convnext, tmp_path, dtype):
+    """Review 3: an int64 layer_scale (its key ends in neither weight nor bias, so the float32
+    check let integers through as if an index table) was cast to float silently on load."""
+    import json
+
+    from rtdeploy.checkpoint import load_checkpoint
+    from rtdeploy.errors import CheckpointError
+
+    payload = torch.load(pruned_convnext[0], weights_only=True)
+    key = "features.1.0.layer_scale"
+    payload["state_dict"][key] = torch.ones(json.loads(payload["meta"])["structure"]["tensors"][key], dtype=dtype)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="layer_scale"):
+        load_checkpoint(tmp_path / "bad.pt")
