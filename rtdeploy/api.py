@@ -143,13 +143,59 @@ def finetune(model: nn.Module, *, train: Dataset | DataLoader, val: Dataset | Da
     epoch on `val`. `train`/`val`: map-style datasets of (image tensor, label) or DataLoaders over
     them (their batch size is used). `loss`: "ce" or "aml" (RemoteTrimmer's adaptive mining
     loss). Skip this and use your own loop if you have one: the pruned model is a plain nn.Module."""
+    _check_model(model)
     train_ds, train_bs = _dataset(train)
     val_ds, _ = _dataset(val)
+    n_out = _classes_of(model, _check_dataset(train_ds, "train"))
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        _check_labels(ds, name, n_out)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size or train_bs or 64, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, seed=seed, device=device)
     best, report = fit(model, train_ds, val_ds, create_loss(loss), cfg, on_epoch=on_epoch)
     model.load_state_dict(best.state_dict())
     return report
+
+
+def _check_dataset(ds, name: str) -> torch.Tensor:
+    """A non-empty map-style dataset of (float image [3,H,W], integer label): its first image."""
+    if not isinstance(ds, Dataset) or not hasattr(ds, "__len__") or len(ds) == 0:
+        what = "empty" if isinstance(ds, Dataset) and hasattr(ds, "__len__") else type(ds).__name__
+        raise ConfigError(f"{name} must be a non-empty map-style Dataset of (image, label) or a DataLoader over one, "
+                          f"got {what}")
+    item = ds[0]
+    image, label = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
+    label_ok = isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0
+                                          and not label.is_floating_point() and label.dtype != torch.bool)
+    if not (isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3
+            and image.dtype == torch.float32) or isinstance(label, bool) or not label_ok:
+        raise ConfigError(f"{name} items must be (float32 image [3, H, W], integer label) pairs; the first is not")
+    return image
+
+
+def _classes_of(model: nn.Module, image: torch.Tensor) -> int:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            return int(model.eval()(image[None].to(_device(model))).shape[-1])
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _check_labels(ds, name: str, n_out: int) -> None:
+    """Every label an output of the model, where the dataset lists them (ImageFolder's targets,
+    a TensorDataset's tensors) without loading images; cross-entropy would fail mid-epoch."""
+    labels = getattr(ds, "targets", None)
+    if labels is None and isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
+        labels = ds.tensors[1]
+    if labels is None:
+        return
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ConfigError(f"{name} labels must be integers (class indices), got {str(labels.dtype).removeprefix('torch.')}")
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < n_out):
+        raise ConfigError(f"{name} labels must be class indices 0..{n_out - 1} (the model has {n_out} outputs), "
+                          f"got {int(labels.min())}..{int(labels.max())}")
 
 
 def _parity_images(images: torch.Tensor | None, img_size: int) -> tuple[torch.Tensor, str]:

@@ -219,3 +219,25 @@ def test_export_leaves_a_training_model_in_training_mode(tmp_path):
     rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, exporter="torchscript", **_META)
     assert model.training and all(m.training for m in model.modules())
     assert (tmp_path / "m.onnx").exists()
+
+
+def _ds(n=8, labels=None, size=16):
+    return TensorDataset(torch.randn(n, 3, size, size), torch.arange(n) % 3 if labels is None else labels)
+
+
+@pytest.mark.parametrize("case", ["train None", "train empty", "label out of range", "float labels", "meta model"])
+def test_finetune_refuses_bad_data_and_models_as_config_errors(case):
+    """Review 3: each escaped as a bare TypeError/ValueError/IndexError/RuntimeError from torch."""
+    model, train = create_model("tiny", 3), _ds()
+    if case == "train None":
+        train = None
+    elif case == "train empty":
+        train = _ds(0, torch.zeros(0, dtype=torch.long))
+    elif case == "label out of range":
+        train = _ds(8, torch.arange(8))
+    elif case == "float labels":
+        train = _ds(8, torch.zeros(8))
+    else:
+        model = model.to("meta")
+    with pytest.raises(ConfigError):
+        rtdeploy.finetune(model, train=train, val=_ds(), epochs=1, device="cpu")
