@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import fields
 from .attention import capture_attention as _capture
 from .bench import BenchConfig, BenchReport, bench_models
 from .errors import ConfigError, PipelineError
@@ -43,9 +44,40 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+# Arguments are checked before any work: inside torch a bad one fails as a bare TypeError or
+# RuntimeError, or (inside the pruner) as "this architecture cannot be pruned", which blames
+# the wrong thing.
+
+def _check_img_size(img_size) -> int:
+    try:
+        return fields.img_size(img_size, "img_size")
+    except fields.FieldError as e:
+        raise ConfigError(f"{e}; pass the square input size (pixels) the model takes") from e
+
+
+def _check_model(model) -> None:
+    """A module with float32 weights that hold values (not on the meta device), all finite."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = [*model.named_parameters(), *model.named_buffers()]
+    if not any(True for _ in model.parameters()):
+        raise ConfigError(f"the model ({type(model).__name__}) has no parameters; pass an image classifier")
+    for name, t in named:
+        if t.is_meta:
+            raise ConfigError(f"the model's '{name}' is on the meta device (it has no values); "
+                              "load the weights first (model.to_empty(device='cpu'), then load_state_dict)")
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise ConfigError(f"the model's '{name}' is {str(t.dtype).removeprefix('torch.')}; rtdeploy works in "
+                              "float32: call model.float() first")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"the model's '{name}' holds {int((~torch.isfinite(t)).sum())} NaN or infinite values; "
+                              "use weights from a run that did not diverge")
+
+
 def capture_attention(model: nn.Module, *, images: Images, max_images: int | None = 1024) -> dict[str, torch.Tensor]:
     """Mean attention s_bar per channel of every SE block (rtdeploy, torchvision or timm SE),
     over up to `max_images` of `images`: {block name: tensor [C]}. The model is not changed."""
+    _check_model(model)
     return _capture(model, images, max_images)
 
 
@@ -58,6 +90,7 @@ def fold_attention(model: nn.Module, *, images: Images, max_images: int | None =
     `check_images` (default: 4 random images at the size of the first batch); the verdict is in
     the report, and a failed check raises PipelineError. FoldError (exit 2) names an SE block
     with no BatchNorm before it."""
+    _check_model(model)
     means = _capture(model, images, max_images)
     if check_images is None:
         first = next(iter(_first_batch(images)))
@@ -82,6 +115,8 @@ def prune_channels(model: nn.Module, *, criterion: str, img_size: int, ratio: fl
     are multiples of it (8 suits CPU kernels). `calib`: (images, labels) batches, needed by
     "taylor". "cap" needs fold_attention first. An architecture torch-pruning cannot prune is
     refused (UnprunableError, saying why) before the model is touched."""
+    _check_model(model)
+    img_size = _check_img_size(img_size)
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either ratio or target_macs, not both")
     cfg = PruneConfig(ratio=0.5 if ratio is None else ratio, scope=scope, round_to=round_to, target_macs=target_macs)
@@ -108,8 +143,12 @@ def finetune(model: nn.Module, *, train: Dataset | DataLoader, val: Dataset | Da
     epoch on `val`. `train`/`val`: map-style datasets of (image tensor, label) or DataLoaders over
     them (their batch size is used). `loss`: "ce" or "aml" (RemoteTrimmer's adaptive mining
     loss). Skip this and use your own loop if you have one: the pruned model is a plain nn.Module."""
+    _check_model(model)
     train_ds, train_bs = _dataset(train)
     val_ds, _ = _dataset(val)
+    n_out = _classes_of(model, _check_dataset(train_ds, "train"))
+    for name, ds in (("train", train_ds), ("val", val_ds)):
+        _check_labels(ds, name, n_out)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size or train_bs or 64, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, seed=seed, device=device)
     best, report = fit(model, train_ds, val_ds, create_loss(loss), cfg, on_epoch=on_epoch)
@@ -117,8 +156,55 @@ def finetune(model: nn.Module, *, train: Dataset | DataLoader, val: Dataset | Da
     return report
 
 
+def _check_dataset(ds, name: str) -> torch.Tensor:
+    """A non-empty map-style dataset of (float image [3,H,W], integer label): its first image."""
+    if not isinstance(ds, Dataset) or not hasattr(ds, "__len__") or len(ds) == 0:
+        what = "empty" if isinstance(ds, Dataset) and hasattr(ds, "__len__") else type(ds).__name__
+        raise ConfigError(f"{name} must be a non-empty map-style Dataset of (image, label) or a DataLoader over one, "
+                          f"got {what}")
+    item = ds[0]
+    image, label = item if isinstance(item, (tuple, list)) and len(item) == 2 else (None, None)
+    label_ok = isinstance(label, int) or (isinstance(label, torch.Tensor) and label.dim() == 0
+                                          and not label.is_floating_point() and label.dtype != torch.bool)
+    if not (isinstance(image, torch.Tensor) and image.dim() == 3 and image.shape[0] == 3
+            and image.dtype == torch.float32) or isinstance(label, bool) or not label_ok:
+        raise ConfigError(f"{name} items must be (float32 image [3, H, W], integer label) pairs; the first is not")
+    return image
+
+
+def _classes_of(model: nn.Module, image: torch.Tensor) -> int:
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with torch.no_grad():
+            return int(model.eval()(image[None].to(_device(model))).shape[-1])
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _check_labels(ds, name: str, n_out: int) -> None:
+    """Every label an output of the model, where the dataset lists them (ImageFolder's targets,
+    a TensorDataset's tensors) without loading images; cross-entropy would fail mid-epoch."""
+    labels = getattr(ds, "targets", None)
+    if labels is None and isinstance(ds, torch.utils.data.TensorDataset) and len(ds.tensors) == 2:
+        labels = ds.tensors[1]
+    if labels is None:
+        return
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ConfigError(f"{name} labels must be integers (class indices), got {str(labels.dtype).removeprefix('torch.')}")
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < n_out):
+        raise ConfigError(f"{name} labels must be class indices 0..{n_out - 1} (the model has {n_out} outputs), "
+                          f"got {int(labels.min())}..{int(labels.max())}")
+
+
 def _parity_images(images: torch.Tensor | None, img_size: int) -> tuple[torch.Tensor, str]:
     if images is not None:
+        if (not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.dim() != 4
+                or len(images) == 0 or tuple(images.shape[1:]) != (3, img_size, img_size)):
+            got = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ConfigError(f"parity_images must be a float tensor [N, 3, {img_size}, {img_size}] with N >= 1, "
+                              f"got {got}")
         return images.float().cpu(), "given"
     return torch.randn(16, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)), "random"
 
@@ -134,37 +220,70 @@ def export_onnx(model: nn.Module, *, out: str | Path, img_size: int, classes: Se
     `rtdeploy bench` reads. ONNX Runtime must reproduce PyTorch's logits on `parity_images`
     (normalised images; default: 16 random ones), else PipelineError and nothing is written."""
     t0 = time.perf_counter()
+    _check_model(model)
+    img_size = _check_img_size(img_size)
+    classes, mean, std = _check_onnx_meta(classes, mean, std)
+    images, source = _parity_images(parity_images, img_size)
     check_output(out, force=force)
     opset = DEFAULT_OPSETS[exporter] if opset is None and exporter in DEFAULT_OPSETS else opset
-    model = model.cpu().eval()
-    classes = list(classes)
-    with torch.no_grad():
-        n_out = model(torch.zeros(1, 3, img_size, img_size)).shape[-1]
-    if n_out != len(classes):
-        raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
-    graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
-    before = node_count(graph)
-    graph, simplified = simplify(graph, simplifier)
-    meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
-                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
-    write_metadata(graph, meta)
-    record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
-    check_graph(graph)
-    blob = graph.SerializeToString()
-    images, source = _parity_images(parity_images, img_size)
-    parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
-    if not parity.passed:
-        raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
-                            f"(max |diff| {parity.max_abs_diff:.3g}{', ' + parity.error if parity.error else ''}); "
-                            "nothing was written")
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(blob)
-    return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, exporter=exporter_record(exporter),
-                        dynamic_batch=True,
-                        batch_size=None, simplifier=simplifier, simplified=simplified,
-                        nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
-                        checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
-                        metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+    # The caller's model goes back to its device and to each module's mode: a training loop that
+    # exports a snapshot must not go on with BatchNorm frozen, or on the CPU.
+    device, modes = _device(model), {m: m.training for m in model.modules()}
+    try:
+        model = model.cpu().eval()
+        with torch.no_grad():
+            logits = model(torch.zeros(1, 3, img_size, img_size))
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            what = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ConfigError(f"the model must return one logits tensor [N, classes], got {what}; export the "
+                              "classifier alone (wrap it to return the logits)")
+        n_out = logits.shape[-1]
+        if n_out != len(classes):
+            raise ConfigError(f"the model has {n_out} outputs but {len(classes)} classes were given")
+        graph = to_onnx(model, img_size, opset=opset, dynamic_batch=True, exporter=exporter)
+        before = node_count(graph)
+        graph, simplified = simplify(graph, simplifier)
+        meta = OnnxMeta(arch=arch or type(model).__name__, classes=classes, img_size=img_size,
+                        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+        write_metadata(graph, meta)
+        record_exporter(graph, exporter)  # simplification may drop it; the file says which exporter made it
+        check_graph(graph)
+        blob = graph.SerializeToString()
+        parity = check_parity(blob, model, images, tolerance or Tolerance(), source)
+        if not parity.passed:
+            raise PipelineError(f"ONNX Runtime and PyTorch disagree on {parity.images} {source} images "
+                                f"(max |diff| {parity.max_abs_diff:.3g}{', ' + parity.error if parity.error else ''}); "
+                                "nothing was written")
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(blob)
+        return ExportReport(path=str(out), checkpoint="", arch=meta.arch, opset=opset, exporter=exporter_record(exporter),
+                            dynamic_batch=True,
+                            batch_size=None, simplifier=simplifier, simplified=simplified,
+                            nodes={"before": before, "after": node_count(graph)}, size_bytes=len(blob),
+                            checker_passed=True, parity=parity, accuracy=None, accuracy_images=0,
+                            metadata=asdict(meta), int8=None, seconds=time.perf_counter() - t0)
+    finally:
+        model.to(device)
+        for m, training in modes.items():
+            m.training = training
+
+
+def _check_onnx_meta(classes, mean, std) -> tuple[list[str], tuple, tuple]:
+    """What `rtdeploy bench` and the checkpoint reader demand of the metadata: a file that
+    rtdeploy refuses to read back is never written (a str is not taken as a list of letters)."""
+    try:
+        if isinstance(classes, str):
+            raise fields.FieldError("classes", "a list of class names", classes)
+        names = fields.class_names(list(classes), "classes")
+        mean = fields.rgb_triple(list(mean) if not isinstance(mean, str) else mean, "mean", positive=False)
+        std = fields.rgb_triple(list(std) if not isinstance(std, str) else std, "std", positive=True)
+    except TypeError as e:  # not iterable
+        raise ConfigError(f"classes, mean and std must be sequences ({e})") from e
+    except fields.FieldError as e:
+        raise ConfigError(f"{e}; pass the values the model was trained with") from e
+    if len(set(names)) != len(names):
+        raise ConfigError("classes has duplicate names; each output of the model needs its own class")
+    return names, mean, std
 
 
 def benchmark(models: Sequence[str | Path], *, batch_sizes: Sequence[int] = (1,), threads: Sequence[int] = (1,),

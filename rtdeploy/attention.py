@@ -21,10 +21,22 @@ Batches = torch.Tensor | Iterable
 def _batches(source: Batches, batch_size: int = 64) -> Iterable[torch.Tensor]:
     """Image batches from a tensor [N,3,H,W] or an iterable of tensors / (images, labels) pairs."""
     if isinstance(source, torch.Tensor):
-        yield from source.split(batch_size)
-        return
-    for batch in source:
-        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        batches = source.split(batch_size) if source.dim() else [source]
+    else:
+        batches = (batch[0] if isinstance(batch, (tuple, list)) and batch else batch for batch in source)
+    for x in batches:
+        yield _checked_batch(x)
+
+
+def _checked_batch(x) -> torch.Tensor:
+    """A float32 [N,3,H,W] batch: anything else (a folder name, labels first, uint8 pixels, one
+    image without its batch dimension) would fail inside the model as a bare torch error."""
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3 and x.dtype == torch.float32):
+        got = f"a {str(x.dtype).removeprefix('torch.')} tensor {list(x.shape)}" if isinstance(x, torch.Tensor) \
+            else f"a {type(x).__name__}"
+        raise ConfigError(f"calibration images must be float32 tensors [N, 3, H, W] (or (images, labels) "
+                          f"batches of them), got {got}")
+    return x
 
 
 def _count(source: Batches, max_images: int | None) -> int | None:

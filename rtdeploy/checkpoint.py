@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError, RegistryError
-from .fields import (MAX_JSON_CHARS, MAX_WIDTH, SPLIT_FIELDS, FieldError, class_names, dict_of, img_size, integer, known_keys,
+from .fields import (MAX_JSON_CHARS, MAX_WIDTH, SPLIT_FIELDS, FieldError, brief, class_names, dict_of, img_size, integer, known_keys,
                      list_of_dicts, parse_json, rgb_triple, text)
 from .fsutil import atomic_path
 from .names import show
@@ -257,7 +257,7 @@ def _check_weights(state_dict: dict) -> None:
     (bool/int/complex to float) or give garbage predictions that only fail later, as a parity
     or accuracy puzzle. float16/float64 are refused too: rtdeploy never writes them."""
     for name, t in state_dict.items():
-        field = f"state_dict[{show(repr(name))}]"
+        field = f"state_dict[{brief(name)}]"
         if name.endswith("num_batches_tracked"):
             if t.dtype != torch.int64:
                 raise FieldError(field, "an int64 step count", f"a {str(t.dtype).removeprefix('torch.')} tensor")
@@ -343,7 +343,7 @@ def _check_structure(structure: dict | None, state_dict: dict) -> None:
 def _check_tensor_shape(key: str, shape, state_dict: dict) -> None:
     """A recorded tensor shape is a short list of sane sizes, equal to the stored tensor's: the
     model allocates it before loading, so it may not claim more than the file holds."""
-    field = f"meta.structure.tensors[{show(repr(key))}]"
+    field = f"meta.structure.tensors[{brief(key)}]"
     if not isinstance(shape, list) or len(shape) > _MAX_RANK:
         raise FieldError(field, f"a list of at most {_MAX_RANK} sizes", shape)
     dims = [integer(d, field, 0, MAX_WIDTH) for d in shape]
@@ -364,7 +364,7 @@ def _check_head(meta: ModelMeta) -> None:
 
 
 def _check_spec(name: str, spec, state_dict: dict) -> None:
-    field = f"meta.structure.layers[{show(repr(name))}]"
+    field = f"meta.structure.layers[{brief(name)}]"
     spec = dict_of(spec, field)
     kind = spec.get("type")
     if kind not in _SPEC_KEYS:
@@ -398,8 +398,14 @@ def build_model(meta: ModelMeta, path: str | os.PathLike = "checkpoint") -> nn.M
         try:
             apply_structure(model, meta.structure)
         except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise _damaged(Path(path), f"meta.structure does not fit {meta.arch} ({show(str(e).splitlines()[0] if str(e) else type(e).__name__)})") from e
+            raise _damaged(Path(path), f"meta.structure does not fit {meta.arch} ({_first_line(e)})") from e
     return model
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+    """An exception's first line for a message, bounded: it may quote a crafted 100,000-character key."""
+    text = show(str(e).splitlines()[0]) if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def with_module_versions(model: nn.Module, state_dict: dict) -> dict:
@@ -410,15 +416,49 @@ def with_module_versions(model: nn.Module, state_dict: dict) -> dict:
     return out
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, ModelMeta]:
-    """Rebuild the model (eval mode) and its metadata from `path`."""
+def load_checkpoint(path: str | os.PathLike, *, check_forward: bool = True) -> tuple[nn.Module, ModelMeta]:
+    """Rebuild the model (eval mode) and its metadata from `path`. `check_forward`: run one zero
+    image through it (see _check_connects); off only where a caller times the first inference."""
     meta, state_dict, _ = read_checkpoint(path)
     model = build_model(meta, path)
+    _check_dtypes(model, state_dict, path)
     try:
         model.load_state_dict(with_module_versions(model, state_dict), strict=True)
     except (RuntimeError, ValueError, TypeError) as e:
         if "can't allocate memory" in str(e):
             raise
         raise CheckpointError(f"{show(path)}: weights do not fit architecture {show(repr(meta.arch))} "
-                              f"({show(str(e).splitlines()[0])}); re-create the checkpoint") from e
+                              f"({_first_line(e)}); re-create the checkpoint") from e
+    if check_forward:
+        _check_connects(model.eval(), meta, path)
     return model.eval(), meta
+
+
+def _check_dtypes(model: nn.Module, state_dict: dict, path) -> None:
+    """Each stored tensor has the dtype of the tensor it fills: load_state_dict would cast an int64
+    layer scale (which _check_weights lets through, as it would an index table) silently."""
+    expected = model.state_dict()
+    for key, t in state_dict.items():
+        want = expected.get(key)
+        if want is not None and want.dtype != t.dtype:
+            raise CheckpointError(f"{show(path)}: state_dict[{brief(key)}] is a {str(t.dtype).removeprefix('torch.')} "
+                                  f"tensor where the model has {str(want.dtype).removeprefix('torch.')}; "
+                                  f"re-create the checkpoint with 'rtdeploy train' (or 'compress')")
+
+
+def _check_connects(model: nn.Module, meta: ModelMeta, path) -> None:
+    """Each recorded width matches its own stored weight, but only running the model shows that
+    neighbours agree (a conv narrowed while its BatchNorm was not, a layer scale of another
+    width): a damaged or crafted structure is refused here, not met inside torch by a command,
+    which would blame the exporter or the pruner."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, meta.img_size, meta.img_size))
+    except (RuntimeError, ValueError, IndexError) as e:
+        if "can't allocate memory" in str(e):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise _damaged(Path(path), f"meta.structure: its layers do not fit together ({show(first)[:200]})") from e
+    if isinstance(out, torch.Tensor) and tuple(out.shape) != (1, meta.num_classes):
+        raise _damaged(Path(path), f"meta.structure: the model gives {list(out.shape)} logits for one image, "
+                                   f"not one per class in meta.classes ({meta.num_classes})")

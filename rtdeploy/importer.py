@@ -77,6 +77,12 @@ def _read_torch(path: Path):
     # A deflated entry can inflate a small file into gigabytes, and torch.save never compresses:
     # the same rule as for rtdeploy's own checkpoints, before anything is read.
     check_zip_entries(path, "save it again with torch.save(model.state_dict(), path)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head and not head.startswith(b"\x80") and head != b"PK\x03\x04":
+        # neither torch's zip nor a pickle (JSON, HDF5, NumPy, ...): the unpickler's refusal
+        # would be reported as "pickled Python objects", which would mislead
+        raise CheckpointError(f"{show(path)} is not a torch file (nor safetensors); {_HELP}")
     try:  # mmap: tensors stay in the file until used, so they are checked before they fill memory
         with warnings.catch_warnings():  # torch warns about odd layouts before our checks refuse them
             warnings.simplefilter("ignore")
@@ -176,7 +182,8 @@ def _check_shapes(model: nn.Module, sd: dict, arch: str, n_classes: int, classes
         got = sd.get(key)
         if got is None or got.shape == want.shape:
             continue
-        if key in head and got.shape[1:] == want.shape[1:]:
+        # a head of another class count (>= 2, as rtdeploy needs): say to pass those classes
+        if key in head and got.dim() == want.dim() and got.shape[1:] == want.shape[1:] and got.shape[0] >= 2:
             raise ConfigError(f"{classes_from} {n_classes} classes but the weights' classifier '{key}' has "
                               f"{got.shape[0]} outputs; pass the {got.shape[0]} class names (or the dataset) "
                               "the model was trained on")

@@ -115,3 +115,129 @@ def test_export_refuses_a_model_onnx_runtime_disagrees_with(tmp_path):
                              mean=(0.5,) * 3, std=(0.2,) * 3, tolerance=Tolerance(atol=0.0, rtol=0.0, min_top1=1.0),
                              parity_images=torch.randn(4, 3, 32, 32) * 1e3)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------- review 3: bad arguments are typed errors
+#
+# Each of these used to escape as a bare TypeError/RuntimeError/NotImplementedError from inside
+# torch, or as UnprunableError blaming the architecture ("ResNet cannot be pruned ... choose
+# another architecture") for a bad img_size or NaN weights, or wrote an ONNX file whose metadata
+# rtdeploy itself refuses to read back.
+
+_META = {"classes": ["a", "b", "c"], "mean": (0.5,) * 3, "std": (0.2,) * 3}
+
+
+@pytest.mark.parametrize("img_size", [0, -3, 16.5, "16", True, 100_000])
+def test_bad_img_size_is_a_config_error_before_any_work(tmp_path, img_size):
+    model = create_model("tiny", 3).eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="img_size"):
+        rtdeploy.prune_channels(model, criterion="l1", ratio=0.5, img_size=img_size)
+    with pytest.raises(ConfigError, match="img_size"):
+        rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=img_size, **_META)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("bad", [
+    {"classes": ["a", "a", "c"]}, {"classes": "abc"}, {"classes": ["a", "b\nc", "d"]},
+    {"mean": (0.5, 0.5)}, {"mean": "0.5"}, {"std": (0.2, 0.0, 0.2)}, {"std": (float("nan"),) * 3},
+])
+def test_export_refuses_metadata_rtdeploy_cannot_read_back(tmp_path, bad):
+    model = create_model("tiny", 3).eval()
+    with pytest.raises(ConfigError, match="classes|mean|std"):
+        rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, **{**_META, **bad})
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _nan_model():
+    model = create_model("tiny", 3).eval()
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("kind", ["meta device", "half", "NaN weights", "not a module"])
+def test_api_refuses_a_model_it_cannot_work_on(tmp_path, kind):
+    model = {"meta device": lambda: create_model("tiny", 3).to("meta"),
+             "half": lambda: create_model("tiny", 3).half(),
+             "NaN weights": _nan_model, "not a module": lambda: "resnet18"}[kind]()
+    with pytest.raises(ConfigError, match="model"):
+        rtdeploy.prune_channels(model, criterion="l1", ratio=0.5, img_size=16)
+    with pytest.raises(ConfigError, match="model"):
+        rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, **_META)
+    with pytest.raises(ConfigError, match="model"):
+        rtdeploy.fold_attention(model, images=torch.randn(2, 3, 16, 16))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("images", [torch.randn(2, 1, 16, 16), torch.zeros(2, 3, 16, 16, dtype=torch.uint8),
+                                    torch.randn(3, 16, 16), "images/"], ids=["1 channel", "uint8", "3-d", "a string"])
+def test_fold_refuses_what_is_not_a_batch_of_images(images):
+    model = create_model("tiny_se", 3).eval()
+    with pytest.raises(ConfigError, match=r"\[N, 3, H, W\]"):
+        rtdeploy.fold_attention(model, images=images)
+    with pytest.raises(ConfigError, match=r"\[N, 3, H, W\]"):
+        rtdeploy.capture_attention(model, images=images)
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = create_model("tiny", 3)
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+@pytest.mark.parametrize("case", ["parity images empty", "parity images a list", "parity images of another size",
+                                  "model returns a tuple"])
+def test_export_refuses_bad_parity_images_and_non_classifiers(tmp_path, case):
+    model, extra = create_model("tiny", 3).eval(), {}
+    if case == "model returns a tuple":
+        model = _TwoOutputs().eval()
+    else:
+        extra["parity_images"] = {"parity images empty": torch.randn(0, 3, 16, 16),
+                                  "parity images a list": [torch.randn(2, 3, 16, 16)],
+                                  "parity images of another size": torch.randn(2, 3, 20, 20)}[case]
+    with pytest.raises(ConfigError, match="parity_images|logits"):
+        rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, exporter="torchscript", **_META, **extra)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("setting", [{"ratio": "0.5"}, {"target_macs": "0.5"}, {"ratio": [0.5]}])
+def test_prune_settings_of_the_wrong_type_are_config_errors(setting):
+    with pytest.raises(ConfigError, match="must be a number"):
+        rtdeploy.prune_channels(create_model("tiny", 3).eval(), criterion="l1", img_size=16, **setting)
+
+
+def test_export_leaves_a_training_model_in_training_mode(tmp_path):
+    """Review 3: export_onnx switched the caller's model to eval mode and left it there, so a
+    training loop that exports a snapshot each epoch went on training with frozen BatchNorm
+    statistics and no dropout."""
+    model = create_model("tiny", 3).train()
+    rtdeploy.export_onnx(model, out=tmp_path / "m.onnx", img_size=16, exporter="torchscript", **_META)
+    assert model.training and all(m.training for m in model.modules())
+    assert (tmp_path / "m.onnx").exists()
+
+
+def _ds(n=8, labels=None, size=16):
+    return TensorDataset(torch.randn(n, 3, size, size), torch.arange(n) % 3 if labels is None else labels)
+
+
+@pytest.mark.parametrize("case", ["train None", "train empty", "label out of range", "float labels", "meta model"])
+def test_finetune_refuses_bad_data_and_models_as_config_errors(case):
+    """Review 3: each escaped as a bare TypeError/ValueError/IndexError/RuntimeError from torch."""
+    model, train = create_model("tiny", 3), _ds()
+    if case == "train None":
+        train = None
+    elif case == "train empty":
+        train = _ds(0, torch.zeros(0, dtype=torch.long))
+    elif case == "label out of range":
+        train = _ds(8, torch.arange(8))
+    elif case == "float labels":
+        train = _ds(8, torch.zeros(8))
+    else:
+        model = model.to("meta")
+    with pytest.raises(ConfigError):
+        rtdeploy.finetune(model, train=train, val=_ds(), epochs=1, device="cpu")

@@ -107,6 +107,13 @@ def _wide_fc(p, m):
     m["structure"]["layers"]["fc"].update({"in": 40000, "out": 40000})
 
 
+def _unconnected(p, m):
+    """conv1 narrowed to 8 outputs (its recorded width and stored weight agree), bn1 left at 16:
+    each width matches its weight, but the layers do not fit together."""
+    p["state_dict"]["conv1.weight"] = p["state_dict"]["conv1.weight"][:8].clone()
+    m["structure"]["layers"]["conv1"]["out"] = 8
+
+
 def _broadcast_view(p, m):
     """A weight stored as 4 bytes but declaring 32 x 3 (a stride-0 view), like a huge one would."""
     p["state_dict"]["fc.weight"] = torch.zeros(1).expand(3, 32)
@@ -148,6 +155,10 @@ DAMAGE = {
     "tensors not a dict": (lambda p, m: m["structure"].__setitem__("tensors", [1]), "meta.structure.tensors"),
     "layer norm width not stored": (lambda p, m: m["structure"]["layers"].__setitem__("bn1", {"type": "ln", "features": 7}),
                                     "bn1"),
+    "widths that do not connect": (_unconnected, "meta.structure"),
+    # its stored shape, but set alone it would leave fc.in_features/out_features disagreeing with it
+    "a layer's weight under tensors": (lambda p, m: m["structure"].__setitem__("tensors", {"fc.weight": [3, 32]}),
+                                       "meta.structure"),
     "format_version a string": (lambda p, m: p.__setitem__("format_version", "1"), "format_version"),
     "format_version from the future": (lambda p, m: p.__setitem__("format_version", 99), "newer rtdeploy"),
     "state_dict a list": (lambda p, m: p.__setitem__("state_dict", [1, 2]), "state_dict"),
@@ -195,13 +206,17 @@ def test_damaged_files_and_bad_numbers_in_a_real_process(base, tmp_path, case):
 
 
 @pytest.mark.parametrize("command", ["eval", "compress", "export", "bench"])
-def test_damaged_checkpoint_is_refused_by_every_command(cli, base, tmp_path, command):
-    bad = craft(base["ckpt"], tmp_path / "bad.pt", _meta("img_size", "sixty-four"))
+@pytest.mark.parametrize("damage", ["img_size", "widths that do not connect"])
+def test_damaged_checkpoint_is_refused_by_every_command(cli, base, tmp_path, command, damage):
+    # widths that do not connect used to fail inside each command instead: info with an internal
+    # error, export and bench blaming the exporter, compress calling tiny_se unprunable.
+    edit, needle = (_meta("img_size", "sixty-four"), "meta.img_size") if damage == "img_size" else DAMAGE[damage]
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", edit)
     tail = {"eval": ["--data", base["data"], "--json", tmp_path / "e.json"],
             "compress": ["--data", base["data"], *FAST_COMPRESS, "--out", tmp_path / "p.pt"],
             "export": ["--out", tmp_path / "m.onnx"], "bench": [*FAST_BENCH, "--json", tmp_path / "b.json"]}[command]
     code, _, err = cli(command, bad, *tail)
-    one_line_error(code, err, 2, "bad.pt", "meta.img_size")
+    one_line_error(code, err, 2, "bad.pt", needle)
     assert files(tmp_path) == {"bad.pt"}
 
 
@@ -804,3 +819,22 @@ def test_bench_out_of_memory_names_bench_flags(cli, base, monkeypatch):
     code, _, err = cli("bench", base["onnx"], *FAST_BENCH)
     one_line_error(code, err, 1, "out of memory", "--batch-sizes")
     assert "--batch-size " not in err and "--img-size" not in err
+
+
+@pytest.mark.parametrize("where", ["tensors", "layers", "state_dict"])
+def test_a_huge_key_is_named_briefly(cli, base, tmp_path, where):
+    """Review 3: a 100,000-character key was printed whole, a 100 KB error line."""
+    key = "k" * 100_000
+
+    def edit(p, m):
+        if where == "tensors":
+            m["structure"]["tensors"] = {key: [3]}
+        elif where == "layers":
+            m["structure"]["layers"][key] = {"type": "bn", "features": 3}
+            p["state_dict"][f"{key}.weight"] = torch.ones(3)
+        else:
+            p["state_dict"][key] = torch.ones(3, dtype=torch.float16)
+    bad = craft(base["ckpt"], tmp_path / "bad.pt", edit)
+    code, _, err = cli("info", bad)
+    line = one_line_error(code, err, 2, "bad.pt", "kkkk")
+    assert len(line) < 1000, len(line)

@@ -131,7 +131,21 @@ FAILURES = {
     "corrupted safetensors": (lambda d, sd: _truncated(_safetensors(d / "w.safetensors", sd)),
                               ["truncated, damaged", "safetensors"]),
     "missing file": (lambda d, sd: d / "nope.pt", ["does not exist"]),
+    # review 3: a classifier bias saved as a scalar was an internal IndexError; a head of fewer
+    # than 2 outputs was answered "pass the 0 class names"
+    "classifier bias a scalar": (lambda d, sd: _save(d / "w.pt", {**sd, "fc.bias": torch.zeros(())}),
+                                 ["'fc.bias'", "[]", "expects [3]"]),
+    "classifier of 0 outputs": (lambda d, sd: _save(d / "w.pt", {**sd, "fc.weight": sd["fc.weight"][:0].clone()}),
+                                ["'fc.weight'", "[0, ", "expects [3, "]),
+    # review 3: files that are neither zip nor pickle were said to hold pickled Python objects
+    "a JSON file": (lambda d, sd: _bytes(d / "w.pt", b'{"fc.weight": [1, 2]}'), ["not a torch file"]),
+    "a Keras HDF5 file": (lambda d, sd: _bytes(d / "w.h5", b"\x89HDF\r\n\x1a\n" + bytes(64)), ["not a torch file"]),
 }
+
+
+def _bytes(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 def _truncated(path: Path) -> Path:

@@ -120,16 +120,138 @@ def test_structure_rebuilds_pruned_norms_and_loose_tensors():
     assert torch.equal(model(x), rebuilt.eval()(x))
 
 
-def test_pruned_convnext_checkpoint_reloads(tmp_path):
-    """torch-pruning narrows ConvNeXt's layer_scale and LayerNorms; the checkpoint must rebuild them."""
+@pytest.fixture(scope="module")
+def pruned_convnext(tmp_path_factory):
+    """tv/convnext_tiny pruned at 32 px and saved: (its checkpoint, the pruned module)."""
     from rtdeploy.api import prune_channels
-    from rtdeploy.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+    from rtdeploy.checkpoint import ModelMeta, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("tv/convnext_tiny", 3).eval()
     prune_channels(model, criterion="l1", img_size=32, ratio=0.5)
     meta = ModelMeta(arch="tv/convnext_tiny", classes=["a", "b", "c"], img_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    path = tmp_path_factory.mktemp("convnext") / "p.pt"
+    save_checkpoint(path, model, meta)
+    return path, model
+
+
+def test_pruned_convnext_checkpoint_reloads(pruned_convnext):
+    """torch-pruning narrows ConvNeXt's layer_scale and LayerNorms; the checkpoint must rebuild them."""
+    from rtdeploy.checkpoint import load_checkpoint
+
+    path, model = pruned_convnext
+    rebuilt, _ = load_checkpoint(path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [[5, 1, 1], [0, 1, 1], [48]])
+def test_loose_tensor_of_another_width_is_refused_on_load(pruned_convnext, tmp_path, shape):
+    """A layer_scale recorded and stored at a width its block does not have (a crafted or
+    damaged file): the shapes agree with each other, so only running the rebuilt model shows
+    it; load refuses the file instead of every command failing later inside torch."""
+    import json
+
+    from rtdeploy.checkpoint import load_checkpoint
+    from rtdeploy.errors import CheckpointError
+
+    payload = torch.load(pruned_convnext[0], weights_only=True)
+    meta = json.loads(payload["meta"])
+    key = "features.1.0.layer_scale"
+    assert meta["structure"]["tensors"][key] == [48, 1, 1]
+    payload["state_dict"][key] = torch.ones(shape)
+    meta["structure"]["tensors"][key] = shape
+    payload["meta"] = json.dumps(meta)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="meta.structure"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+class _BnAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: a BatchNorm2d subclass whose forward also applies an activation."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+class _GainConv(nn.Conv2d):
+    """timm's ScaledStdConv2d pattern: a Conv2d subclass with its own per-output `gain` tensor."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+class _Subclassed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = _GainConv(3, 16, 3, padding=1), _BnAct(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 16, 3, padding=1), _BnAct(16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_structure_keeps_layer_subclasses_and_their_own_tensors():
+    """Review 3: layers were rebuilt as plain nn.Conv2d/BatchNorm2d, dropping a subclass's forward
+    (timm's BatchNormAct2d lost its activation, so a pruned timm/mobilenetv3 checkpoint did not
+    reload to the same outputs) and its extra tensors (ScaledStdConv2d's gain)."""
+    import torch_pruning as tp
+
+    torch.manual_seed(0)
+    model, x = _Subclassed().eval(), torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.normal_()
+    tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                         ignored_layers=[model.fc]).step()
+    model.conv1.gain = nn.Parameter(model.conv1.gain[:8].detach().clone())  # torch-pruning leaves it alone
+    structure = describe(model)
+    assert structure["tensors"] == {"conv1.gain": [8, 1, 1, 1]}
+    rebuilt = apply_structure(_Subclassed(), structure)
+    assert type(rebuilt.bn1) is _BnAct and type(rebuilt.conv1) is _GainConv
+    rebuilt.load_state_dict(model.state_dict())  # strict
+    assert describe(rebuilt) == structure
+    torch.testing.assert_close(rebuilt.eval()(x), model(x), rtol=0, atol=0)
+
+
+def test_pruned_timm_checkpoint_reloads(tmp_path):
+    pytest.importorskip("timm")
+    from rtdeploy.api import prune_channels
+    from rtdeploy.checkpoint import ModelMeta, load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("timm/mobilenetv3_small_050", 3).eval()
+    prune_channels(model, criterion="l1", img_size=32, ratio=0.5)
+    meta = ModelMeta(arch="timm/mobilenetv3_small_050", classes=["a", "b", "c"], img_size=32,
+                     mean=(0.5,) * 3, std=(0.25,) * 3)
     save_checkpoint(tmp_path / "p.pt", model, meta)
     rebuilt, _ = load_checkpoint(tmp_path / "p.pt")
     x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(rebuilt(x), model(x))
+    torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+def test_loose_tensor_of_another_dtype_is_refused_on_load(pruned_convnext, tmp_path, dtype):
+    """Review 3: an int64 layer_scale (its key ends in neither weight nor bias, so the float32
+    check let integers through as if an index table) was cast to float silently on load."""
+    import json
+
+    from rtdeploy.checkpoint import load_checkpoint
+    from rtdeploy.errors import CheckpointError
+
+    payload = torch.load(pruned_convnext[0], weights_only=True)
+    key = "features.1.0.layer_scale"
+    payload["state_dict"][key] = torch.ones(json.loads(payload["meta"])["structure"]["tensors"][key], dtype=dtype)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="layer_scale"):
+        load_checkpoint(tmp_path / "bad.pt")

@@ -5,10 +5,12 @@ attention blocks were removed. Recording those as plain data lets a checkpoint r
 module without pickling it: create the architecture, resize each layer, load the weights.
 
 Layers: convolutions, batch/layer/group norms and linear layers, whose forward reads widths
-from attributes (groups, normalized_shape, num_groups), are recorded by their widths. Any other
-tensor a module holds itself (ConvNeXt's `layer_scale`, PReLU's weight, timm's `gamma`, ...)
-is pruned along with its channels too, and its forward reads only the tensor, so it is recorded
-by shape under "tensors" and rebuilt empty at that shape for the weights to fill.
+from attributes (groups, normalized_shape, num_groups), are recorded by their widths and resized
+in place, so subclasses (timm's BatchNormAct2d, Conv2dSame) keep their forward. Any other
+tensor a module holds itself (ConvNeXt's `layer_scale`, PReLU's weight, timm's `gamma`, a
+layer's extra `gain`, ...) is pruned along with its channels too, and its forward reads only the
+tensor, so it is recorded by shape under "tensors" and rebuilt empty at that shape for the
+weights to fill.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ def _spec(m: nn.Module) -> dict | None:
     return None
 
 
+# The tensors a layer's widths determine; any other tensor a layer holds (timm's ScaledStdConv2d
+# `gain`) is recorded by shape under "tensors", like the tensors of modules that are no layer.
+_WIDTH_TENSORS = {"conv": {"weight", "bias"}, "linear": {"weight", "bias"}, "ln": {"weight", "bias"},
+                  "gn": {"weight", "bias"}, "bn": {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}}
+
+
 def _own_tensors(m: nn.Module):
     """(name, tensor) of the parameters and saved buffers `m` holds itself (not its children's)."""
     for name, t in m._parameters.items():
@@ -51,8 +59,9 @@ def describe(model: nn.Module, removed: list[str] | None = None) -> dict:
     for name, m in model.named_modules():
         if (s := _spec(m)) is not None:
             layers[name] = s
-        else:
-            tensors.update({f"{name}.{t_name}" if name else t_name: list(t.shape) for t_name, t in _own_tensors(m)})
+        sized = _WIDTH_TENSORS[s["type"]] if s is not None else set()
+        tensors.update({f"{name}.{t_name}" if name else t_name: list(t.shape)
+                        for t_name, t in _own_tensors(m) if t_name not in sized})
     return {"layers": layers, "removed": sorted(removed or []), "tensors": tensors}
 
 
@@ -62,16 +71,41 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
 
 
 def _resized(m: nn.Module, spec: dict) -> nn.Module:
-    if isinstance(m, nn.Conv2d):
-        return nn.Conv2d(spec["in"], spec["out"], m.kernel_size, m.stride, m.padding, m.dilation,
-                         spec["groups"], bias=m.bias is not None, padding_mode=m.padding_mode)
-    if isinstance(m, nn.BatchNorm2d):
-        return nn.BatchNorm2d(spec["features"], m.eps, m.momentum, m.affine, m.track_running_stats)
-    if isinstance(m, nn.Linear):
-        return nn.Linear(spec["in"], spec["out"], bias=m.bias is not None)
-    if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
-        return _resized_norm(m, spec)
-    raise ValueError(f"cannot resize {type(m).__name__}")
+    """`m` resized in place: a subclass (timm's BatchNormAct2d with its activation, Conv2dSame,
+    StdConv2d, torchvision's LayerNorm2d) keeps its own forward and constructor-free state.
+    The fresh tensors are left empty for the checkpoint's weights to fill."""
+    kind = (_spec(m) or {}).get("type")
+    if kind is None:
+        raise ValueError(f"cannot resize {type(m).__name__}")
+    if spec.get("type") != kind:
+        raise ValueError(f"a {spec.get('type')} layer recorded where the architecture has {type(m).__name__}")
+    if kind == "conv":
+        m.in_channels, m.out_channels, m.groups = spec["in"], spec["out"], spec["groups"]
+        _fresh(m, "weight", (spec["out"], spec["in"] // spec["groups"], *m.kernel_size))
+        _fresh(m, "bias", (spec["out"],))
+    elif kind == "bn":
+        m.num_features = spec["features"]
+        for t_name in ("weight", "bias", "running_mean", "running_var"):
+            _fresh(m, t_name, (spec["features"],))
+    elif kind == "linear":
+        m.in_features, m.out_features = spec["in"], spec["out"]
+        _fresh(m, "weight", (spec["out"], spec["in"]))
+        _fresh(m, "bias", (spec["out"],))
+    else:
+        _resized_norm(m, spec)
+    return m
+
+
+def _fresh(m: nn.Module, t_name: str, shape: tuple[int, ...]) -> None:
+    """Replace `m`'s own parameter or buffer `t_name` (if it has one) by an empty one of `shape`."""
+    current = getattr(m, t_name, None)
+    if current is None:
+        return
+    fresh = torch.empty(shape, dtype=current.dtype)
+    if t_name in m._parameters:
+        setattr(m, t_name, nn.Parameter(fresh, requires_grad=current.requires_grad))
+    else:
+        m.register_buffer(t_name, fresh, persistent=t_name not in m._non_persistent_buffers_set)
 
 
 def _resized_norm(m: nn.LayerNorm | nn.GroupNorm, spec: dict) -> nn.Module:
@@ -118,10 +152,10 @@ def _reshape_tensor(model: nn.Module, key: str, shape: tuple[int, ...]) -> None:
     current = dict(_own_tensors(owner)).get(t_name)
     if current is None:
         raise ValueError(f"structure names tensor {key!r}, which the architecture lacks")
+    if (spec := _spec(owner)) is not None and t_name in _WIDTH_TENSORS[spec["type"]]:
+        # its shape follows the layer's recorded widths; set alone, the layer's attributes
+        # (in_channels, num_features, ...) would disagree with it
+        raise ValueError(f"structure records tensor {key!r} of layer {owner_name!r}, whose widths belong under layers")
     if tuple(current.shape) == shape:
         return
-    fresh = torch.empty(shape, dtype=current.dtype)
-    if t_name in owner._parameters:
-        setattr(owner, t_name, nn.Parameter(fresh, requires_grad=current.requires_grad))
-    else:
-        owner.register_buffer(t_name, fresh)
+    _fresh(owner, t_name, shape)

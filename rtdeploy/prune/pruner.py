@@ -55,6 +55,10 @@ class PruneConfig:
 
     def __post_init__(self):
         self._resolve_round_to()
+        for name in ("ratio", "target_macs"):  # a str or None from library callers: a message, not a TypeError
+            value = getattr(self, name)
+            if not (value is None and name == "target_macs") and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number, got {value!r}")
         if self.target_macs is None and not 0.0 < self.ratio < 1.0:
             raise ConfigError(f"--ratio must be between 0 and 1 (exclusive), got {self.ratio}")
         if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
