@@ -108,23 +108,30 @@ def compress(
 
     Example: rtdeploy compress runs/base.pt --data ../shared/data/ucmerced --out runs/pruned.pt
     """
-    from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
-    from ..distributed import setup as setup_distributed
-    from ..evaluation import splits_for
-    from ..prune import PruneConfig
-
-    from ..prune.latency import LatencyTarget
-
     if ratio is not None and target_macs is not None:
         raise ConfigError("pass either --ratio or --target-macs, not both")
     if target_latency_ms is not None and (ratio is not None or target_macs is not None):
         raise ConfigError("pass --target-latency-ms alone, without --ratio or --target-macs")
-    latency = (LatencyTarget(target_latency_ms, latency_provider, latency_threads, latency_batch)
-               if target_latency_ms is not None else None)
     r = resolve(C, recipe, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, loss=loss, r1=r1, r2=r2,
                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
                 augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images)
+    report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
+    report = report or check_file_name("--out", out).with_suffix(".json")
+    _plan(ckpt, out, (report_flag, report), data, resume, force)
+    if resume is not None:
+        _check_resume(resume)
+
+    # The pruning stack loads only now: torch-pruning brings timm, torchvision and torch._dynamo
+    # with it (~4 s), and a mistyped path or an existing output should not wait for that.
+    from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
+    from ..distributed import setup as setup_distributed
+    from ..evaluation import splits_for
+    from ..prune import PruneConfig
+    from ..prune.latency import LatencyTarget
+
+    latency = (LatencyTarget(target_latency_ms, latency_provider, latency_threads, latency_batch)
+               if target_latency_ms is not None else None)
     cfg = CompressConfig(
         criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
         kd_weight=r.kd_weight, calib_images=r.calib_images,
@@ -132,11 +139,6 @@ def compress(
                           round_to_target=latency_provider, target_latency=latency),
         train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
     epochs = r.epochs
-    report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
-    report = report or check_file_name("--out", out).with_suffix(".json")
-    _plan(ckpt, out, (report_flag, report), data, resume, force)
-    if resume is not None:
-        _check_resume(resume)
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
     stages = planned_stages(model, cfg)
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 
 def count_macs_params(model: nn.Module, img_size: int) -> tuple[int, int]:
     """(MACs, params) for one 3 x img_size x img_size image."""
+    # Imported here, not at the top: torch-pruning imports timm when it is installed, and timm
+    # imports torchvision and torch._dynamo (~4 s together). Commands that refuse bad input before
+    # counting anything (info, eval, train, import) then answer in the time torch takes to load.
+    import torch_pruning as tp
+
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
