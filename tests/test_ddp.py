@@ -77,15 +77,21 @@ def data(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("ddp") / "data", n_classes=3, per_class=20, size=32)
 
 
+STRAIGHT_EPOCHS = 8
+
+
 @pytest.fixture(scope="module")
-def base(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("base") / "base.pt"
-    r = run(single("train", "--data", data, *TRAIN, "--epochs", "2", "--out", out))
+def straight(data, tmp_path_factory) -> Path:
+    """One uninterrupted one-process training run: the reference the SIGTERM + --resume case must
+    match, and the model the compress case prunes (one training process for both)."""
+    out = tmp_path_factory.mktemp("straight") / "straight.pt"
+    r = run(single("train", "--data", data, *TRAIN, "--epochs", STRAIGHT_EPOCHS, "--out", out))
     assert r.returncode == 0, r.stderr
     return out
 
 
-def test_ddp_compress_with_distillation_matches_one_process(data, base, tmp_path):
+def test_ddp_compress_with_distillation_matches_one_process(data, straight, tmp_path):
+    base = straight
     args = ["--data", data, "--ratio", "0.5", "--round-to", "1", "--epochs", "2", "--batch-size", "9",
             "--distill", "--calib-images", "20"]
     two, one = tmp_path / "two.pt", tmp_path / "one.pt"
@@ -123,11 +129,11 @@ def _start_and_hit_rank(cmd, last: Path, rank: int, sig) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def test_sigterm_to_one_rank_then_resume_matches_one_process(data, tmp_path):
+def test_sigterm_to_one_rank_then_resume_matches_one_process(data, straight, tmp_path):
     """SIGTERM to rank 1 mid-run stops both ranks at the same step with one line; --resume under
-    torchrun then finishes with the weights of an uninterrupted one-process run."""
-    epochs = 8
-    cut, straight = tmp_path / "cut.pt", tmp_path / "straight.pt"
+    torchrun then finishes with the weights of an uninterrupted one-process run (`straight`)."""
+    epochs = STRAIGHT_EPOCHS
+    cut = tmp_path / "cut.pt"
     last = Path(f"{cut}.last")
     code, err = _start_and_hit_rank(torchrun("train", "--data", data, *TRAIN, "--epochs", epochs, "--out", cut),
                                     last, 1, signal.SIGTERM)
@@ -143,8 +149,6 @@ def test_sigterm_to_one_rank_then_resume_matches_one_process(data, tmp_path):
     resumed = run(torchrun("train", "--data", data, *TRAIN, "--epochs", epochs, "--out", cut, "--resume", last))
     assert resumed.returncode == 0, resumed.stderr
     assert not error_lines(resumed.stderr) and resumed.stdout.count("rtdeploy train") == 1  # rank 0 alone prints
-    full = run(single("train", "--data", data, *TRAIN, "--epochs", epochs, "--out", straight))
-    assert full.returncode == 0, full.stderr
     two, one = load_checkpoint(cut)[0], load_checkpoint(straight)[0]
     assert_same_weights(two.state_dict(), one.state_dict())
     # The final epoch's weights too (the best epoch may be an early one).

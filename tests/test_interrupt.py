@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from conftest import make_image_folder
 from rtdeploy.checkpoint import load_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -26,10 +27,37 @@ def _train_cmd(data, out, *extra):
             "--img-size", "24", "--epochs", str(EPOCHS), "--batch-size", "4", "--seed", "3", "--out", str(out), *extra]
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """One generated folder for the module: every run below reads the same files."""
+    return make_image_folder(tmp_path_factory.mktemp("interrupt-data"), n_classes=3, per_class=30, size=32)
+
+
+def _in_process(cmd: list[str]) -> int:
+    """The same command through the CLI's entry point in this process (one torch thread, as the
+    real processes here: OMP_NUM_THREADS=1), for the uninterrupted references, which are only
+    what the interrupted real processes are compared with."""
+    from rtdeploy.cli.app import main
+
+    return main([str(a) for a in cmd[3:]])
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def straight_training(data, tmp_path_factory):
+    """The uninterrupted reference: the SIGTERM and SIGINT cases share it (same data, same seed,
+    same settings, so it is the same run; training it once per case only cost time)."""
+    straight = tmp_path_factory.mktemp("interrupt-straight") / "straight.pt"
+    assert _in_process(_train_cmd(data, straight)) == 0
+    return straight
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_training_resumes_to_the_same_result(image_folder, tmp_path, sig):
-    data = image_folder(n_classes=3, per_class=30, size=32)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_interrupted_training_resumes_to_the_same_result(data, straight_training, tmp_path, sig):
+    env = _env()
     interrupted = tmp_path / "cut.pt"
     proc = subprocess.Popen(_train_cmd(data, interrupted), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True, preexec_fn=_default_sigint)
@@ -49,10 +77,7 @@ def test_interrupted_training_resumes_to_the_same_result(image_folder, tmp_path,
 
     resumed = subprocess.run(_train_cmd(data, interrupted, "--resume", last), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    straight = tmp_path / "straight.pt"
-    full = subprocess.run(_train_cmd(data, straight), capture_output=True, text=True, env=env)
-    assert full.returncode == 0, full.stderr
-    a, _ = load_checkpoint(straight)
+    a, _ = load_checkpoint(straight_training)
     b, _ = load_checkpoint(interrupted)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
@@ -63,13 +88,13 @@ def _compress_cmd(ckpt, data, out, *extra):
             "--round-to", "1", "--epochs", str(EPOCHS), "--batch-size", "4", "--out", str(out), *extra]
 
 
-def test_interrupted_compress_resumes_to_the_same_result(image_folder, tmp_path):
-    data = image_folder(n_classes=3, per_class=30, size=32)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_interrupted_compress_resumes_to_the_same_result(cli, data, tmp_path):
+    env = _env()
     base = tmp_path / "base.pt"
-    trained = subprocess.run([*_train_cmd(data, base)[:-4], "--epochs", "1", "--out", str(base)],
-                             capture_output=True, text=True, env=env)
-    assert trained.returncode == 0, trained.stderr
+    # The model to compress is only input here: trained in-process (the real processes below are
+    # the interrupted, resumed and uninterrupted compress runs this test is about).
+    code, _, err = cli(*_train_cmd(data, base)[3:-4], "--epochs", "1", "--out", base)
+    assert code == 0, err
     cut = tmp_path / "cut.pt"
     proc = subprocess.Popen(_compress_cmd(base, data, cut), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True, preexec_fn=_default_sigint)
@@ -87,12 +112,13 @@ def test_interrupted_compress_resumes_to_the_same_result(image_folder, tmp_path)
     resumed = subprocess.run(_compress_cmd(base, data, cut, "--resume", last), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     straight = tmp_path / "straight.pt"
-    full = subprocess.run(_compress_cmd(base, data, straight), capture_output=True, text=True, env=env)
-    assert full.returncode == 0, full.stderr
+    code, _, err = cli(*_compress_cmd(base, data, straight)[3:])
+    assert code == 0, err
     a, _ = load_checkpoint(straight)
     b, _ = load_checkpoint(cut)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(va, vb, rtol=1e-4, atol=1e-5, msg=k)
-    other = subprocess.run(_compress_cmd(base, data, tmp_path / "x.pt", "--resume", last, "--loss", "ce"),
-                           capture_output=True, text=True, env=env)
-    assert other.returncode == 2 and "other compress settings" in other.stderr
+    # Resuming with other settings is refused (exit 2, one line): the same entry point in-process.
+    code, _, err = cli(*_compress_cmd(base, data, tmp_path / "x.pt", "--resume", last, "--loss", "ce")[3:])
+    assert code == 2 and "other compress settings" in err, err
+    assert not (tmp_path / "x.pt").exists()
