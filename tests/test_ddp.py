@@ -219,3 +219,21 @@ def test_ranks_that_see_different_data_fail_on_every_rank(tmp_path):
             break
     assert r.returncode != 0
     assert len(said) == 2 and all("rank 1's image files differ from rank 0's" in s for s in said), r.stdout + r.stderr
+
+
+def test_an_interrupted_rank_names_both_causes(monkeypatch):
+    """Which reaches a surviving rank first, torchrun's SIGTERM after a peer died or the peer's
+    broken collective, is a race (the rank-dies test above met both): under torchrun the interrupt
+    line names both causes and still offers --resume for train/compress."""
+    from rtdeploy.cli import app
+
+    monkeypatch.setattr(app, "_command", "train")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    line = app._interrupted()
+    assert "interrupted" in line and "another process" in line and "--resume" in line
+    for alone in ("1", "", "abc"):  # one process, or a damaged variable: the plain line
+        monkeypatch.setenv("WORLD_SIZE", alone)
+        assert app._interrupted() == app.INTERRUPTED
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(app, "_command", "export")
+    assert "--resume" not in app._interrupted()

@@ -41,8 +41,23 @@ INTERRUPTED_NO_RESUME = "interrupted; nothing was written (outputs appear only w
 _RESUMABLE = ("train", "compress")
 
 
+# Under torchrun a rank cannot tell a user's Ctrl-C/SIGTERM from torchrun stopping the survivors
+# after another rank died (which of the two reaches a rank first is a race), so it names both.
+INTERRUPTED_RANK = ("interrupted (stopped, or stopped by torchrun because another process of the job ended: "
+                    "see its message above); the last complete checkpoint is intact (continue with --resume)")
+
+
 def _interrupted() -> str:
-    return INTERRUPTED if _command in _RESUMABLE else INTERRUPTED_NO_RESUME
+    if _command not in _RESUMABLE:
+        return INTERRUPTED_NO_RESUME
+    return INTERRUPTED_RANK if _under_torchrun() else INTERRUPTED
+
+
+def _under_torchrun() -> bool:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    except ValueError:  # a damaged variable is reported where the job starts, not in this message
+        return False
 
 
 def _debug() -> bool:
