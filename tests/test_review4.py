@@ -67,3 +67,31 @@ def test_compress_resume_with_other_settings_is_refused_before_decoding(cli, tra
                        "--out", tmp_path / "q.pt", "--resume", root / "p.pt.last")
     _one_line(code, err, "other compress settings")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("std", ["1e-300,0.2,0.2", "0.2,1e-40,0.2", "0.2,0.2,1e-9"])
+def test_import_refuses_a_std_that_is_zero_in_float32(cli, trained, tmp_path, std):
+    """--std 1e-300 passed the (0, 1e6] check but is 0 in float32: eval then counted no image
+    and export failed parity with 'max |diff| inf (allowed nan)'."""
+    import torch
+
+    weights = tmp_path / "w.pth"
+    torch.save(torch.load(trained["root"] / "m.pt", weights_only=True)["state_dict"], weights)
+    code, _, err = cli("import", weights, "--arch", "tiny_se", "--img-size", IMG, "--classes", "a,b,c",
+                       "--mean", "0.5,0.5,0.5", "--std", std, "--out", tmp_path / "i.pt")
+    _one_line(code, err, "--std entry")
+    assert not (tmp_path / "i.pt").exists()
+
+
+def test_a_checkpoint_with_a_tiny_std_is_refused_on_load(cli, trained, tmp_path):
+    import json
+
+    import torch
+
+    raw = torch.load(trained["root"] / "m.pt", weights_only=True)
+    meta = json.loads(raw["meta"])
+    meta["std"] = [1e-300, 0.2, 0.2]
+    raw["meta"] = json.dumps(meta)
+    torch.save(raw, tmp_path / "bad.pt")
+    code, _, err = cli("info", tmp_path / "bad.pt")
+    _one_line(code, err, "meta.std")
