@@ -95,3 +95,23 @@ def test_a_checkpoint_with_a_tiny_std_is_refused_on_load(cli, trained, tmp_path)
     torch.save(raw, tmp_path / "bad.pt")
     code, _, err = cli("info", tmp_path / "bad.pt")
     _one_line(code, err, "meta.std")
+
+
+def test_bench_cpus_list_is_bounded(cli, trained):
+    """'--cpus 0-65536,0-65536,...' (100 parts: +130 MB, 10000 parts: ~13 GB) expanded every
+    range into one list; '--cpus 0-1000' printed a 4 KB error line of CPU numbers."""
+    import tracemalloc
+
+    from rtdeploy.bench.config import parse_cpus
+    from rtdeploy.errors import ConfigError
+
+    tracemalloc.start()
+    assert parse_cpus(",".join(["0-65535"] * 50)) == tuple(range(65536))  # unbounded: ~130 MB
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 << 20, peak
+    with pytest.raises(ConfigError, match="0..65535"):
+        parse_cpus("0-99999999999")
+    code, _, err = cli("bench", trained["root"] / "m.pt", "--cpus", "0-1000")
+    _one_line(code, err, "--cpus")
+    assert len(err) < 400, len(err)
