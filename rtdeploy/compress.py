@@ -27,6 +27,7 @@ from .env import versions
 from .errors import CheckpointError, ConfigError, PipelineError
 from .fsutil import write_json
 from .models import has_attention
+from .names import show
 from .models.complexity import count_macs_params
 from .prune.support import check_prunable
 from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
@@ -271,10 +272,16 @@ def _load_resume(path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, dict
     _, _, state = read_checkpoint(path)
     if "compress" not in state or "finetune" not in state:
         raise CheckpointError(f"--resume {path} is not the '<out>.last' file of an interrupted compress run")
-    if state["settings"] != _settings_key(cfg):
-        raise ConfigError(f"--resume {path} was made with other compress settings; repeat the same command "
-                          "with --resume added")
+    check_resume_settings(path, state, cfg)
     return model, state["compress"], state["finetune"]
+
+
+def check_resume_settings(path: str | Path, state: dict, cfg: CompressConfig) -> None:
+    """The '.last' state was written by a run with these settings (cfg after preflight, which
+    resolves --criterion auto); the CLI calls this before decoding any image."""
+    if state.get("settings") != _settings_key(cfg):
+        raise ConfigError(f"--resume {show(path)} was made with other compress settings; repeat the same command "
+                          "with --resume added")
 
 
 def _prepare(run: _Run, model: nn.Module, on_progress) -> dict:

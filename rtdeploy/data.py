@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from rtdeploy import distributed, imagestore
 from rtdeploy import fingerprint as split_fingerprint
 from rtdeploy.errors import ConfigError, DataError, UserInputError
+from rtdeploy.fields import MIN_STD
 from rtdeploy.imagefile import check_pixels, failure_reason, loaded_image, open_regular
 from rtdeploy.names import show
 from rtdeploy.scan import IMAGE_EXTENSIONS, ScanReport, scan_classes
@@ -440,8 +441,8 @@ def _check_settings(img_size: int, test_frac: float, val_frac: float, max_per_cl
 
 def _check_stats(name: str, value, positive: bool) -> tuple[float, float, float]:
     vals = tuple(float(v) for v in value)
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (positive and min(vals) <= 0):
-        need = "3 positive numbers" if positive else "3 numbers"
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (positive and min(vals) < MIN_STD):
+        need = f"3 numbers of at least {MIN_STD:g}" if positive else "3 numbers"
         raise ConfigError(f"--{name} must be {need} (one per RGB channel), got {value}")
     return vals  # type: ignore[return-value]
 

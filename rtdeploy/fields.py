@@ -108,11 +108,17 @@ def class_names(value, field: str) -> list[str]:
 
 
 def rgb_triple(value, field: str, *, positive: bool) -> tuple[float, float, float]:
-    """mean or std: three finite numbers (std: positive), one per RGB channel."""
-    low = 0.0 if positive else -1e6
+    """mean or std: three finite numbers (std: at least MIN_STD), one per RGB channel.
+
+    Images are normalised in float32: a std such as 1e-300 is 0 there, so every input became
+    inf/NaN and eval, export and bench measured garbage without a word."""
+    low = MIN_STD if positive else -1e6
     if not isinstance(value, (list, tuple)) or len(value) != 3:
         raise FieldError(field, "a list of 3 numbers (one per RGB channel)", value)
-    return tuple(number(v, f"{field} entry", low, 1e6, low_open=positive) for v in value)  # type: ignore[return-value]
+    return tuple(number(v, f"{field} entry", low, 1e6) for v in value)  # type: ignore[return-value]
+
+
+MIN_STD = 1e-6  # pixels are in [0, 1]; 1/std stays far inside float32
 
 
 def dict_of(value, field: str) -> dict:

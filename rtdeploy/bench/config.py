@@ -19,6 +19,7 @@ GRAPH_OPT = ("disable", "basic", "extended", "all")
 MAX_SECONDS = 600.0          # --seconds: ten minutes of timing per model, setting and round
 MAX_TIMEOUT_S = 3600.0       # --timeout: one measurement may take an hour at most
 MAX_RUNS, MAX_WARMUP, MAX_ROUNDS, MAX_BATCH = 1_000_000, 100_000, 1000, 4096
+MAX_CPU = 65535             # --cpus: Linux's CPU numbers stay far below (NR_CPUS <= 8192)
 MAX_INPUT_BYTES = 1 << 30    # one input batch (float32) may take 1 GiB
 DEFAULT_TIMEOUT_S = 300.0
 
@@ -33,19 +34,24 @@ def usable_cpus() -> set[int]:
 
 def parse_cpus(text: str) -> tuple[int, ...]:
     """'0,2-3' -> (0, 2, 3) for --cpus; ConfigError naming the flag otherwise."""
-    out: list[int] = []
+    out: set[int] = set()  # a set: '0-65535' repeated 10000 times in one argument stays 65536 numbers
     try:
         for part in (p for p in text.replace(" ", "").split(",") if p):
             lo, _, hi = part.partition("-")
             first, last = int(lo), int(hi or lo)
-            if last < first or last - first > 65536:
+            if not 0 <= first <= last <= MAX_CPU:
                 raise ValueError
-            out.extend(range(first, last + 1))
+            out.update(range(first, last + 1))
     except ValueError:
-        raise ConfigError(f"--cpus must be CPU numbers or ranges such as 0,2-3; got {text!r}") from None
+        raise ConfigError(f"--cpus must be CPU numbers (0..{MAX_CPU}) or ranges such as 0,2-3; "
+                          f"got {_clip(text)!r}") from None
     if not out:
         raise ConfigError("--cpus must list at least one CPU, e.g. 0 or 0-3")
-    return tuple(sorted(set(out)))
+    return tuple(sorted(out))
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _check_int(flag: str, value, low: int, high: int) -> None:
@@ -107,7 +113,7 @@ class BenchConfig:
         if self.cpus is not None:
             outside = sorted(set(self.cpus) - cpus)
             if not self.cpus or outside:
-                raise ConfigError(f"--cpus {','.join(map(str, outside or self.cpus))}: this process may use CPUs "
+                raise ConfigError(f"--cpus {_clip(','.join(map(str, outside or self.cpus)))}: this process may use CPUs "
                                   f"{','.join(map(str, sorted(cpus)))} only")
         limit = len(self.cpus) if self.cpus else len(cpus)
         if max(self.threads) > limit:

@@ -99,9 +99,11 @@ def data_input(data: str | None) -> Path | None:
 
 
 def progress(transient: bool = False) -> Progress:
+    # A log or pipe gets no bar (the 'done ...' and per-epoch lines say the same): rich prints a
+    # stopped bar and an empty line there, and an error raised mid-run must stay the only line.
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=err_console, transient=transient)
+                    console=err_console, transient=transient, disable=not err_console.is_terminal)
 
 
 @contextlib.contextmanager

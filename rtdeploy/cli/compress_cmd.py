@@ -119,12 +119,12 @@ def compress(
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
     report = report or check_file_name("--out", out).with_suffix(".json")
     _plan(ckpt, out, (report_flag, report), data, resume, force)
-    if resume is not None:
-        _check_resume(resume)
+    resume_state = _check_resume(resume) if resume is not None else None
 
     # The pruning stack loads only now: torch-pruning brings timm, torchvision and torch._dynamo
     # with it (~4 s), and a mistyped path or an existing output should not wait for that.
-    from ..compress import CompressConfig, compress as run_compress, finetune_defaults, planned_stages, preflight
+    from ..compress import (CompressConfig, check_resume_settings, compress as run_compress, finetune_defaults,
+                            planned_stages, preflight)
     from ..distributed import setup as setup_distributed
     from ..evaluation import splits_for
     from ..prune import PruneConfig
@@ -140,6 +140,8 @@ def compress(
         train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
     epochs = r.epochs
     model, meta = preflight(ckpt, cfg)  # checkpoint, criterion vs. model, ratio: before decoding data
+    if resume_state is not None:
+        check_resume_settings(resume, resume_state, cfg)  # needs cfg as preflight resolved it
     stages = planned_stages(model, cfg)
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
@@ -161,7 +163,7 @@ def _plan(ckpt: Path, out: Path, report: tuple[str, Path | None], data: str | No
                  force=force or resume is not None)
 
 
-def _check_resume(path: Path) -> None:
+def _check_resume(path: Path) -> dict:
     """--resume loads and holds an intact fine-tuning state: checked before any image is decoded."""
     from ..checkpoint import build_model, read_checkpoint
     from ..errors import CheckpointError
@@ -180,6 +182,7 @@ def _check_resume(path: Path) -> None:
     except FieldError as e:
         raise CheckpointError(f"--resume {show(path)} has a damaged compress state: {e}; "
                               f"start again without --resume") from e
+    return state
 
 
 def check_compress_context(ctx: dict) -> None:

@@ -136,7 +136,8 @@ def check_resume(path: str | Path, arch: str, cfg: TrainConfig, img_size: int | 
         raise CheckpointError(f"--resume {show(path)} is a {saved_meta.arch} run at {saved_meta.img_size}px; "
                               f"resume with the same --arch, --img-size and --data")
     if state["epoch"] >= cfg.epochs:
-        raise ConfigError(f"--resume {show(path)} already finished {state['epoch']} epochs; raise --epochs to train further")
+        raise ConfigError(f"--resume {show(path)} already finished {state['epoch']} epochs (--epochs {cfg.epochs}); "
+                          f"nothing is left to resume: use its checkpoint, or start a new run without --resume")
     return saved_meta, state
 
 

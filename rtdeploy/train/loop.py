@@ -117,6 +117,7 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
     report = TrainReport(selection=cfg.select, **world.record())
     best_state, start = copy.deepcopy(model.state_dict()), 0
     if resume:
+        _check_schedule(resume["scheduler"], sched)
         start, best_state = _restore(resume, model, opt, sched, report)
     if not world.is_main:
         on_step = on_epoch = save = None  # rank 0 alone reports and writes
@@ -220,6 +221,22 @@ def _resume_state(done: int, model, opt, sched, best_state, report: TrainReport)
             "report": {"epochs": [asdict(e) for e in report.epochs], "best_epoch": report.best_epoch,
                        "best_accuracy": report.best_accuracy, "seconds": report.seconds,
                        "peak_epoch": report.peak_epoch, "peak_accuracy": report.peak_accuracy}}
+
+
+def _check_schedule(saved: dict, sched) -> None:
+    """A '.last' continues only the run that wrote it: its LR schedule spans that run's --epochs x
+    steps per epoch. Loading it into another schedule (other --epochs, --batch-size, --schedule or
+    data) makes OneCycleLR fail mid-run or silently trains on a mixed schedule."""
+    mine = sched.state_dict()
+    shape = ("total_steps", "T_max", "milestones")
+    if set(saved) != set(mine) or any(_plain(saved.get(k)) != _plain(mine.get(k)) for k in shape):
+        raise ConfigError("--resume was made with other training settings (its learning-rate schedule differs: "
+                          "--epochs, --batch-size, --schedule or the data changed); repeat the interrupted "
+                          "command with --resume added, or start again without --resume")
+
+
+def _plain(value):
+    return dict(value) if isinstance(value, dict) else value
 
 
 def _restore(state: dict, model, opt, sched, report: TrainReport) -> tuple[int, dict]:
