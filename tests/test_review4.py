@@ -115,3 +115,19 @@ def test_bench_cpus_list_is_bounded(cli, trained):
     code, _, err = cli("bench", trained["root"] / "m.pt", "--cpus", "0-1000")
     _one_line(code, err, "--cpus")
     assert len(err) < 400, len(err)
+
+
+def test_resume_from_elsewhere_does_not_replace_existing_outputs(cli, trained, tmp_path):
+    """--resume implied --force for every output, so resuming another run's '.last' with an --out
+    that already exists replaced that file without a word. Only the run's own files are implied."""
+    root, data = trained["root"], trained["data"]
+    keep = tmp_path / "mine.pt"
+    keep.write_bytes(b"a file the user keeps")
+    code, _, err = cli("train", "--data", data, "--arch", "tiny_se", "--img-size", IMG, "--epochs", "1",
+                       "--resume", root / "m.pt.last", "--out", keep)
+    _one_line(code, err, "--force")
+    code, _, err = cli("compress", root / "m.pt", "--data", data, "--epochs", "1", "--ratio", "0.5",
+                       "--resume", root / "p.pt.last", "--out", keep)
+    _one_line(code, err, "--force")
+    assert keep.read_bytes() == b"a file the user keeps"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.pt"]

@@ -157,10 +157,13 @@ def _plan(ckpt: Path, out: Path, report: tuple[str, Path | None], data: str | No
     from ..checkpoint import resume_path
 
     inputs = [ckpt, data_input(data)]
-    if resume is not None and os.path.realpath(resume) != os.path.realpath(resume_path(out)):
+    continuing = resume is not None and os.path.realpath(resume) == os.path.realpath(resume_path(out))
+    if resume is not None and not continuing:
         inputs.append(resume)
+    # Resuming '<out>.last' continues (and replaces) this run's own files; a '.last' from elsewhere
+    # writes to a new --out, where existing files are only replaced with --force.
     plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out), report[0]: report[1]},
-                 force=force or resume is not None)
+                 force=force or continuing)
 
 
 def _check_resume(path: Path) -> dict:

@@ -102,11 +102,13 @@ def _plan_train(out: Path, data: str | None, resume: Path | None, force: bool) -
     check_file_name("--out", out)  # before '<out>.last' and '<out stem>.json' are derived from it
     own = {os.path.realpath(p) for p in (out, resume_path(out))}
     inputs = [data_input(data)]
-    if resume is not None and os.path.realpath(resume) not in own:
+    continuing = resume is not None and os.path.realpath(resume) in own
+    if resume is not None and not continuing:
         inputs.append(resume)
+    # A '.last' from another --out starts writing here: existing files need --force as usual.
     plan_outputs(inputs, {"--out": out, "--out (its '<out>.last' resume file)": resume_path(out),
                           "--out (its summary '<out stem>.json')": summary_path(out)},
-                 force=force or resume is not None)
+                 force=force or continuing)
 
 
 @app.command("eval")
