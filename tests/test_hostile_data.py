@@ -224,7 +224,7 @@ def test_odd_decoder_exceptions_are_bad_images(cli, tmp_path):
     assert "TypeError" in rdata._decode_file(str(data / "class_0" / "odd.tif"), IMG)
     assert "NotImplementedError" in rdata._decode_file(str(data / "class_1" / "dds.png"), IMG)
     args = ("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt")
-    code, _, err = cli(*args)
+    code, _, err, _ = run_cli(*args)  # class 3 through a real process; the skip case in-process
     one_error_line(code, err, "odd.tif", "not a readable image", "TypeError", "--skip-bad-images")
     code, _, err = cli(*args, "--skip-bad-images")
     assert code == 0, err
@@ -418,10 +418,11 @@ def test_same_files_in_another_place_still_evaluate(cli, trained, tmp_path):
     assert code == 0, err
 
 
-def test_eval_refuses_after_an_image_was_added(cli, trained, tmp_path):
+def test_eval_refuses_after_an_image_was_added(trained, tmp_path):
+    """Class 11 through a real `python -m rtdeploy` process (the cases below run in-process)."""
     data = _copy(trained, tmp_path)
     shutil.copy(data / "class_0" / "class_0_0.png", data / "class_0" / "new.png")
-    code, _, err = cli("eval", trained["ckpt"], "--data", data)
+    code, _, err, _ = run_cli("eval", trained["ckpt"], "--data", data)
     one_error_line(code, err, "no longer gives the split", "1 added, 0 removed", "files differ")
 
 
