@@ -11,7 +11,7 @@ torch.distributed.run` for N > 1):
 2. Memory: UC Merced at its native 256 px (2,100 images, 413 MB decoded) trained for one short
    epoch by N processes with --data-cache disk (the shared cache file), memory (each process
    decodes the whole set into its own RAM, the pre-issue-14 way) and off (decoded on demand).
-   Every process reports its peak RSS (ru_maxrss). The run is kept short (a small model, 10 % of
+   Every process reports its own peak RSS (VmHWM, rtdeploy.env.peak_rss_mb). The run is kept short (a small model, 10 % of
    the images in the train split, 5 % in validation) but every image is decoded.
 
     python -m benchmarks.ddp --data ../shared/data/ucmerced
@@ -146,7 +146,7 @@ def _markdown(tp: list[dict], mem: list[dict], args, cores: int) -> str:
         lines += ["", "Speed-up of the most processes over one process using all cores (same repeat): " +
                   ", ".join(f"{x:.2f}x" for x in ratios) + "."]
     lines += ["", f"Memory: {args.memory_arch} at {args.memory_size} px, one epoch on a 10 % train split "
-                  "(5 % validation); every image is decoded. Peak RSS (ru_maxrss) of each process; it includes "
+                  "(5 % validation); every image is decoded. Peak RSS of each process (its own VmHWM); it includes "
                   "~0.5 GB of torch's shared libraries mapped into every process.", "",
               "| --data-cache | processes | images | peak RSS per process (MB) | cache file (MB) | wall s |",
               "|---|---|---|---|---|---|"]

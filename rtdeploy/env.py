@@ -48,3 +48,23 @@ def cpu_flags(wanted=("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c
 def machine() -> dict:
     return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
             "platform": platform.platform(), "argv": " ".join(sys.argv)}
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, in MB.
+
+    Linux's VmHWM: the high-water mark of the address space this program got at exec. Not
+    getrusage's ru_maxrss, which also takes the peak of the process that started this one (the
+    kernel folds the pre-exec address space into it): a command started by a 2 GB pytest worker
+    or torchrun reports at least 2 GB. ru_maxrss only where /proc is missing (macOS: bytes)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

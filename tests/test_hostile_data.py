@@ -42,29 +42,12 @@ TIMEOUT = 240  # generous for a shared 2-core machine; a hang is infinitely long
 
 # ---------------------------------------------------------------- helpers
 
-def run_cli(*args, timeout: int = TIMEOUT, measure_rss: bool = False) -> tuple[int, str, str, float]:
-    """The real CLI in its own process: (exit code, stdout, stderr, peak RSS in MB).
-
-    With measure_rss the process runs rtdeploy's entry point and reports its own peak RSS on a
-    last stderr line (getrusage of a child is the max over all children of pytest, not this one)."""
-    argv = [str(a) for a in args]
-    if measure_rss:
-        code = ("import resource, sys\nfrom rtdeploy.cli.app import main\nrc = main(sys.argv[1:])\n"
-                "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-                "sys.exit(rc)")
-        cmd = [sys.executable, "-c", code, *argv]
-    else:
-        cmd = [sys.executable, "-m", "rtdeploy", *argv]
+def run_cli(*args, timeout: int = TIMEOUT) -> tuple[int, str, str]:
+    """The real CLI in its own process: (exit code, stdout, stderr)."""
     env = {**os.environ, "RTDEPLOY_DEBUG": "", "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=env)
-    out, err = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-    rss = 0.0
-    if measure_rss:
-        match = re.search(r"^RSS_KB (\d+)$", err, re.M)
-        assert match, err
-        rss = int(match.group(1)) / 1024
-        err = err[: match.start()]
-    return proc.returncode, out, err, rss
+    proc = subprocess.run([sys.executable, "-m", "rtdeploy", *map(str, args)], capture_output=True,
+                          timeout=timeout, env=env)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
 
 def one_error_line(code: int, err: str, *needles: str) -> str:
@@ -82,7 +65,7 @@ def summary_images(out: Path) -> int:
     return sum(json.loads(out.with_suffix(".json").read_text())["split"].values())
 
 
-def train(data: Path, out: Path, *extra) -> tuple[int, str, str, float]:
+def train(data: Path, out: Path, *extra) -> tuple[int, str, str]:
     return run_cli("train", "--data", data, *FAST_TRAIN, "--out", out, *extra)
 
 
@@ -144,7 +127,7 @@ def test_special_files_and_links_are_skipped_counted_and_never_read(tmp_path):
     data folder, a link and a hard link to files already used, a second link to a sub-folder."""
     data = _linked_folder(tmp_path)
     _add_special_files(data)
-    code, _, err, _ = train(data, tmp_path / "m.pt")
+    code, _, err = train(data, tmp_path / "m.pt")
     assert code == 0, err
     assert skipped_counts(err) == {"broken link": 2, "link leading out of its class folder": 4,
                                    "not a regular file (FIFO, socket or device)": 3,
@@ -177,7 +160,7 @@ def test_class_folder_links_that_make_labels_ambiguous_are_refused(cli, tmp_path
     make_image((1, 2, 3), 24).save(data / "class_0" / "sub" / "s.png")
     os.symlink(target, data / "class_2")
     args = ("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt")
-    code, _, err = run_cli(*args)[:3] if process else cli(*args)
+    code, _, err = run_cli(*args) if process else cli(*args)
     one_error_line(code, err, "class_2", needle, "remove the link")
     assert not (tmp_path / "m.pt").exists()
 
@@ -224,7 +207,7 @@ def test_odd_decoder_exceptions_are_bad_images(cli, tmp_path):
     assert "TypeError" in rdata._decode_file(str(data / "class_0" / "odd.tif"), IMG)
     assert "NotImplementedError" in rdata._decode_file(str(data / "class_1" / "dds.png"), IMG)
     args = ("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt")
-    code, _, err, _ = run_cli(*args)  # class 3 through a real process; the skip case in-process
+    code, _, err = run_cli(*args)  # class 3 through a real process; the skip case in-process
     one_error_line(code, err, "odd.tif", "not a readable image", "TypeError", "--skip-bad-images")
     code, _, err = cli(*args, "--skip-bad-images")
     assert code == 0, err
@@ -233,10 +216,11 @@ def test_odd_decoder_exceptions_are_bad_images(cli, tmp_path):
 
 
 _FUZZ = r'''
-import io, json, random, resource, sys, time
+import io, json, random, sys, time
 import numpy as np, torch
 from PIL import Image
 from rtdeploy.data import _decode_file
+from rtdeploy.env import peak_rss_mb
 seed, budget, folder = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 rng = random.Random(seed)
 base = np.random.RandomState(seed).randint(0, 256, (24, 24, 3)).astype(np.uint8)
@@ -262,7 +246,7 @@ def mutate(blob):
 
 counts = {"ok": 0, "bad": 0}; kinds = {}
 _decode_file(sys.executable, 16)  # imports settled: what follows is the decoders' own growth
-rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rss0 = peak_rss_mb()
 start = time.monotonic(); i = 0
 while time.monotonic() - start < budget:
     ext = rng.choice(sorted(seeds)); path = f"{folder}/f{i % 8}.{ext}"; i += 1
@@ -275,7 +259,7 @@ while time.monotonic() - start < budget:
         assert isinstance(out, str) and out.isprintable() and out, repr(out)
         counts["bad"] += 1; kind = out.split(":")[0] if ":" in out else "text"; kinds[kind] = kinds.get(kind, 0) + 1
 print(json.dumps({**counts, "files": i, "kinds": kinds,
-                  "grown_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024}))
+                  "grown_mb": peak_rss_mb() - rss0}))
 '''
 
 
@@ -310,13 +294,14 @@ def _bomb_png(side: int = 9000) -> bytes:
 
 
 _BOMB_RSS = r'''
-import resource, sys
+import sys
 from rtdeploy import data, imagefile
+from rtdeploy.env import peak_rss_mb
 if len(sys.argv) > 2:
     imagefile.MAX_IMAGE_PIXELS = int(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_mb()
 out = data._decode_file(sys.argv[1], 16)
-grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+grown = peak_rss_mb() - before
 print(type(out).__name__, round(grown))
 '''
 
@@ -336,7 +321,7 @@ def test_decompression_bomb_is_refused_from_its_header(cli, tmp_path):
     bomb = data / "class_0" / "bomb.png"
     bomb.write_bytes(_bomb_png())
     assert bomb.stat().st_size < 1_000_000
-    kind, grown = bomb_growth_mb(bomb)  # without the pixel limit: a Tensor, after ~1.8 GB of growth
+    kind, grown = bomb_growth_mb(bomb)  # refused from its header (with the limit lifted it decodes: ~1.8 GB)
     assert kind == "str" and grown < 100, (kind, grown)
     code, _, err = cli("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt")
     one_error_line(code, err, "bomb.png", "9000x9000 pixels", "megapixel limit")
@@ -362,7 +347,7 @@ def test_control_characters_in_image_names_stay_on_one_line(cli, tmp_path):
         with open(c1 + b"/" + name, "wb") as fh:
             fh.write(truncated)
     make_image((50, 60, 220), 24, seed=7).save(data / "class_1" / "good\nname.png")  # fine: used
-    code, _, err, _ = train(data, tmp_path / "m.pt")
+    code, _, err = train(data, tmp_path / "m.pt")
     one_error_line(code, err, "a\\nrtdeploy: error: forged.png", "--skip-bad-images")
     assert "\x1b" not in err and "\r" not in err
     code, _, err = cli("train", "--data", data, *FAST_TRAIN, "--out", tmp_path / "m.pt", "--skip-bad-images")
@@ -422,7 +407,7 @@ def test_eval_refuses_after_an_image_was_added(trained, tmp_path):
     """Class 11 through a real `python -m rtdeploy` process (the cases below run in-process)."""
     data = _copy(trained, tmp_path)
     shutil.copy(data / "class_0" / "class_0_0.png", data / "class_0" / "new.png")
-    code, _, err, _ = run_cli("eval", trained["ckpt"], "--data", data)
+    code, _, err = run_cli("eval", trained["ckpt"], "--data", data)
     one_error_line(code, err, "no longer gives the split", "1 added, 0 removed", "files differ")
 
 
@@ -523,7 +508,7 @@ def test_empty_data_paths_are_refused(cli, tmp_path, args, needle):
     # The first case in a real process (an empty argv entry as a shell passes it), the others
     # in-process through the same entry point: the same exit code and stderr, ~8 s less each.
     if args == ["--data", ""]:
-        code, _, err, _ = run_cli("train", *args, *FAST_TRAIN, "--out", tmp_path / "m.pt")
+        code, _, err = run_cli("train", *args, *FAST_TRAIN, "--out", tmp_path / "m.pt")
     else:
         code, _, err = cli("train", *args, *FAST_TRAIN, "--out", tmp_path / "m.pt")
     one_error_line(code, err, needle)

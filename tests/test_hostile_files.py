@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -50,24 +49,43 @@ def base(tmp_path_factory):
     return {"data": data, "ckpt": ckpt, "last": root / "base.pt.last", "onnx": onnx_path}
 
 
+# `python -m rtdeploy`, which at exit writes its own peak RSS (env.peak_rss_mb, VmHWM) to a pipe.
+# Not the rusage of the reaped child: Linux folds the peak of the pytest worker that started it
+# into the child's ru_maxrss, so a worker that once held 2 GB made every child "use" 2 GB.
+# Processes it started itself (bench workers) count too: their ru_maxrss holds at most this
+# process's peak besides their own.
+_MEASURED = ("import atexit, os, resource, runpy, sys\n"
+             "from rtdeploy.env import peak_rss_mb\n"
+             "def report():\n"
+             "    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+             "    os.write(int(os.environ['RTDEPLOY_TEST_PEAK_FD']), b'%d' % max(peak_rss_mb(), kids))\n"
+             "atexit.register(report)\n"
+             "sys.argv[0] = 'rtdeploy'\n"
+             "runpy.run_module('rtdeploy', run_name='__main__', alter_sys=True)\n")
+
+
 def run_process(*args, timeout: int = 180, stdout=None, **kwargs) -> tuple[int, str, str, int]:
     """`python -m rtdeploy args` in a real process: (exit code, stdout, stderr, its peak RSS in MB).
 
-    Reaped with os.wait4 so the peak memory is this process's own; killed after `timeout` s."""
-    env = {**os.environ, "RTDEPLOY_DEBUG": "", "PYTHONPATH": str(ROOT)}
+    Killed after `timeout` s; the peak comes through a pipe of its own, written at exit."""
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "RTDEPLOY_DEBUG": "", "PYTHONPATH": str(ROOT), "RTDEPLOY_TEST_PEAK_FD": str(write_fd)}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rtdeploy", *map(str, args)], env=env, text=True,
-                                stdout=stdout or out, stderr=err, **kwargs)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc = subprocess.Popen([sys.executable, "-c", _MEASURED, *map(str, args)], env=env, text=True,
+                                    stdout=stdout or out, stderr=err, pass_fds=(write_fd,), **kwargs)
         finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            os.close(write_fd)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with os.fdopen(read_fd, "rb") as pipe:
+            peak = pipe.read()
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss // 1024
+        return proc.returncode, out.read(), err.read(), int(peak or 0)
 
 
 # ---------------------------------------------------------------- crafted checkpoints (class 4)

@@ -52,7 +52,7 @@ class TrainSummary:
     checkpoint: str
     # {"world_size", "backend", "global_batch", "rank_digests", "rank_peak_rss_mb"}: how many
     # processes trained together (torchrun), the sha256 of the best model on each (equal by
-    # construction) and each one's peak resident memory (Linux ru_maxrss).
+    # construction) and each one's peak resident memory (Linux VmHWM: env.peak_rss_mb).
     distributed: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
     epochs: list[dict] = field(default_factory=list)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import resource
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -18,6 +17,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from .. import distributed
+from ..env import peak_rss_mb
 from ..data import make_loader
 from ..errors import ConfigError
 from .config import TrainConfig, resolve_device
@@ -138,7 +138,7 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
                 save(kept, _resume_state(epoch + 1, model, opt, sched, best_state, report), report)
     best = _select(model, best_state, report, cfg.select, len(eval_ds))
     report.rank_digests = distributed.check_identical(best, "the trained model") if world.enabled else []
-    report.rank_peak_rss_mb = distributed.gather(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    report.rank_peak_rss_mb = distributed.gather(round(peak_rss_mb(), 1))
     return best, report
 
 
