@@ -50,6 +50,8 @@ def _args():
                    "not this one (its package versions are read from the runs' own JSON)")
     p.add_argument("--skip-paper", action="store_true", help="leave out the --recipe paper rows")
     p.add_argument("--collect-only", action="store_true", help="only summarise the runs already in --runs-dir")
+    p.add_argument("--only", default="", help="run only these jobs (comma-separated names such as parent32_s0,"
+                   "default70_32px_s0; the parents they need are added): for a machine that cannot run them all")
     p.set_defaults(runs_dir=Path("runs/defaults"))
     return p.parse_args()
 
@@ -104,6 +106,17 @@ def plan(args, runs: Path) -> list[Job]:
             train(f"parenthalf_s{s}", half, *seed)
             compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, *seed)
     return jobs
+
+
+def _only(jobs: list[Job], names: str) -> list[Job]:
+    wanted = {n for n in names.split(",") if n}
+    if not wanted:
+        return jobs
+    unknown = wanted - {j.name for j in jobs}
+    if unknown:
+        raise SystemExit(f"--only: no job named {', '.join(sorted(unknown))}; jobs: {', '.join(j.name for j in jobs)}")
+    wanted |= {p for j in jobs if j.name in wanted for p in j.after}
+    return [j for j in jobs if j.name in wanted]
 
 
 def run_all(jobs: list[Job], n: int) -> None:
@@ -201,7 +214,7 @@ def markdown(rows: dict, prov: dict) -> str:
 def main() -> None:
     args = _args()
     runs = common.runs_dir(args)
-    jobs = plan(args, runs)
+    jobs = _only(plan(args, runs), args.only)
     if not args.collect_only:
         run_all(jobs, args.jobs)
     rows = collect(args, runs)
