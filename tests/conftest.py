@@ -26,8 +26,13 @@ _PALETTE = [(210, 40, 40), (40, 200, 60), (50, 60, 220), (220, 200, 40), (200, 5
 # help until option names are cut ("--target-ma…"). A CI runner may set any of them. Removed at
 # import, before test modules import rtdeploy.cli (rich and Typer read them then); subprocesses
 # started by the tests inherit the same environment.
+# Likewise rtdeploy's own switches and torchrun's variables, which tests that need them set
+# themselves: RTDEPLOY_DEBUG=1 (a developer's shell, a CI job wanting tracebacks) turns every
+# one-line error into a traceback, and RANK/WORLD_SIZE would make each command a torchrun rank.
 for _name in ("FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "GITHUB_ACTIONS",
-              "COLUMNS", "LINES", "TERMINAL_WIDTH"):
+              "COLUMNS", "LINES", "TERMINAL_WIDTH",
+              "RTDEPLOY_DEBUG", "RTDEPLOY_DIST_BACKEND", "RTDEPLOY_DIST_TIMEOUT_MIN",
+              "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
     os.environ.pop(_name, None)
 
 
