@@ -18,6 +18,23 @@ from PIL import Image
 _PALETTE = [(210, 40, 40), (40, 200, 60), (50, 60, 220), (220, 200, 40), (200, 50, 200),
             (40, 200, 210), (240, 240, 240), (20, 20, 20)]
 
+# The tests read the CLI's output as it appears on a pipe or in a log: plain text, no progress
+# bars, tables and help at their usual width. These variables change that wherever they are set:
+# rich draws colours and progress bars on a pipe under FORCE_COLOR / TTY_COMPATIBLE (so stderr is
+# no longer one error line), Typer's help does the same under GITHUB_ACTIONS / FORCE_COLOR /
+# PY_COLORS ("150 (paper: 30)" split by escape codes), and COLUMNS / TERMINAL_WIDTH narrow the
+# help until option names are cut ("--target-ma…"). A CI runner may set any of them. Removed at
+# import, before test modules import rtdeploy.cli (rich and Typer read them then); subprocesses
+# started by the tests inherit the same environment.
+# Likewise rtdeploy's own switches and torchrun's variables, which tests that need them set
+# themselves: RTDEPLOY_DEBUG=1 (a developer's shell, a CI job wanting tracebacks) turns every
+# one-line error into a traceback, and RANK/WORLD_SIZE would make each command a torchrun rank.
+for _name in ("FORCE_COLOR", "PY_COLORS", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "GITHUB_ACTIONS",
+              "COLUMNS", "LINES", "TERMINAL_WIDTH",
+              "RTDEPLOY_DEBUG", "RTDEPLOY_DIST_BACKEND", "RTDEPLOY_DIST_TIMEOUT_MIN",
+              "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    os.environ.pop(_name, None)
+
 
 def class_colour(index: int) -> tuple[int, int, int]:
     if index < len(_PALETTE):

@@ -82,8 +82,22 @@ def test_checkpoint_is_exported_on_the_fly_with_a_torch_row(models):
 
 
 def test_time_boxed_runs():
-    lat = _stopwatch(lambda: None, warmup=0, runs=1, seconds=0.02)
-    assert len(lat) > 1 and all(t >= 0 for t in lat)
+    """--seconds keeps running past --runs until the time box is spent, and a run longer than the
+    box still gives one latency. A fake clock where each run takes 2^-10 s (exact in binary):
+    with the real one, a loaded 2-core machine could spend the whole 20 ms box in one call."""
+    now = [0.0]
+
+    def run(cost_s: float):
+        def call():
+            now[0] += cost_s
+        return call
+
+    step = 2.0 ** -10
+    lat = _stopwatch(run(step), warmup=3, runs=1, seconds=20 * step, clock=lambda: now[0])
+    assert lat == [step * 1e3] * 20
+    assert _stopwatch(run(1.0), warmup=0, runs=5, seconds=20 * step, clock=lambda: now[0]) == [1e3]
+    real = _stopwatch(lambda: None, warmup=0, runs=1, seconds=0.02)
+    assert len(real) >= 1 and all(t >= 0 for t in real)
 
 
 def _non_image_onnx(path: Path, shape: list) -> Path:
