@@ -42,7 +42,8 @@ def _args():
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="passed to train/compress (not a tuning flag)")
     p.add_argument("--jobs", type=int, default=1, help="commands run at once")
-    p.add_argument("--criteria", default="bn,l1,fpgm,random", help="other criteria at the default budget")
+    p.add_argument("--criteria", default="bn,l1,l2,taylor,fpgm,lamp,random",
+                   help="the other criteria, each at the default budget (default: all of them)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="32px and/or half (empty: none)")
     p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
                    "benchmark itself uses the commands' default architecture")
@@ -88,23 +89,28 @@ def plan(args, runs: Path) -> list[Job]:
 
     data = args.data
     variants = [v for v in args.variants.split(",") if v]
-    for s in common.seeds(args):
-        seed = ["--seed", str(s)]
-        train(f"parent_s{s}", data, *seed)
-        compress(f"default70_s{s}", f"parent_s{s}", data, *seed)
-        compress(f"default80_s{s}", f"parent_s{s}", data, "--ratio", "0.8", *seed)
+    criteria = [c for c in args.criteria.split(",") if c]
+
+    def table(s: int, tag: str, parent: str, paper: str, *extra: str) -> None:
+        """One setting's rows: parent, defaults at 0.7 and 0.8, the paper's protocol, other criteria."""
+        seed = ["--seed", str(s), *extra]
+        train(f"{parent}_s{s}", data, *seed)
+        compress(f"default70{tag}_s{s}", f"{parent}_s{s}", data, *seed)
+        compress(f"default80{tag}_s{s}", f"{parent}_s{s}", data, "--ratio", "0.8", *seed)
         if not args.skip_paper:
-            train(f"paper_s{s}", data, "--recipe", "paper", *seed)
-            compress(f"paper70_s{s}", f"paper_s{s}", data, "--recipe", "paper", *seed)
-        for c in [c for c in args.criteria.split(",") if c]:
-            compress(f"{c}70_s{s}", f"parent_s{s}", data, "--criterion", c, *seed)
-        if "32px" in variants:
-            train(f"parent32_s{s}", data, "--img-size", "32", *seed)
-            compress(f"default70_32px_s{s}", f"parent32_s{s}", data, *seed)
+            train(f"{paper}_s{s}", data, "--recipe", "paper", *seed)
+            compress(f"paper70{tag}_s{s}", f"{paper}_s{s}", data, "--recipe", "paper", *seed)
+        for c in criteria:
+            compress(f"{c}70{tag}_s{s}", f"{parent}_s{s}", data, "--criterion", c, *seed)
+
+    for s in common.seeds(args):
+        table(s, "", "parent", "paper")
+        if "32px" in variants:  # the whole table again at 32 px: the issue's "other setting"
+            table(s, "_32px", "parent32", "paper32", "--img-size", "32")
         if "half" in variants:
             half = _half(data, runs / "half_data")
-            train(f"parenthalf_s{s}", half, *seed)
-            compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, *seed)
+            train(f"parenthalf_s{s}", half, "--seed", str(s))
+            compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, "--seed", str(s))
     return jobs
 
 
@@ -173,15 +179,16 @@ def collect(args, runs: Path) -> dict:
                          "selected_on": got[0][1].get("selected_on", "test"),
                          "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got]}
 
-    parent_row("train", "parent", "rtdeploy train (defaults)")
-    parent_row("train_paper", "paper", "rtdeploy train --recipe paper")
-    child_row("compress70", "default70", "parent", "rtdeploy compress (defaults, ratio 0.7)")
-    child_row("compress80", "default80", "parent", "rtdeploy compress --ratio 0.8")
-    child_row("compress70_paper", "paper70", "paper", "rtdeploy compress --recipe paper (on the paper parent)")
-    for c in [c for c in args.criteria.split(",") if c]:
-        child_row(f"criterion_{c}", f"{c}70", "parent", f"rtdeploy compress --criterion {c}")
-    parent_row("train_32px", "parent32", "rtdeploy train --img-size 32")
-    child_row("compress70_32px", "default70_32px", "parent32", "rtdeploy compress (32 px parent)")
+    criteria = [c for c in args.criteria.split(",") if c]
+    for tag, parent, paper, px in (("", "parent", "paper", ""), ("_32px", "parent32", "paper32", " (32 px)")):
+        parent_row(f"train{tag}", parent, f"rtdeploy train (defaults){px}")
+        parent_row(f"train_paper{tag}", paper, f"rtdeploy train --recipe paper{px}")
+        child_row(f"compress70{tag}", f"default70{tag}", parent, f"rtdeploy compress (defaults, ratio 0.7){px}")
+        child_row(f"compress80{tag}", f"default80{tag}", parent, f"rtdeploy compress --ratio 0.8{px}")
+        child_row(f"compress70_paper{tag}", f"paper70{tag}", paper,
+                  f"rtdeploy compress --recipe paper (on the paper parent){px}")
+        for c in criteria:
+            child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}")
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
     return rows
