@@ -91,14 +91,15 @@ def plan(args, runs: Path) -> list[Job]:
     variants = [v for v in args.variants.split(",") if v]
     criteria = [c for c in args.criteria.split(",") if c]
 
-    def table(s: int, tag: str, parent: str, paper: str, *extra: str) -> None:
-        """One setting's rows: parent, defaults at 0.7 and 0.8, the paper's protocol, other criteria."""
-        seed = ["--seed", str(s), *extra]
-        train(f"{parent}_s{s}", data, *seed)
+    def table(s: int, tag: str, parent: str, paper: str, *train_extra: str) -> None:
+        """One setting's rows: parent, defaults at 0.7 and 0.8, the paper's protocol, other criteria.
+        `train_extra` only for train: compress takes the image size from its checkpoint."""
+        seed = ["--seed", str(s)]
+        train(f"{parent}_s{s}", data, *seed, *train_extra)
         compress(f"default70{tag}_s{s}", f"{parent}_s{s}", data, *seed)
         compress(f"default80{tag}_s{s}", f"{parent}_s{s}", data, "--ratio", "0.8", *seed)
         if not args.skip_paper:
-            train(f"{paper}_s{s}", data, "--recipe", "paper", *seed)
+            train(f"{paper}_s{s}", data, "--recipe", "paper", *seed, *train_extra)
             compress(f"paper70{tag}_s{s}", f"{paper}_s{s}", data, "--recipe", "paper", *seed)
         for c in criteria:
             compress(f"{c}70{tag}_s{s}", f"{parent}_s{s}", data, "--criterion", c, *seed)

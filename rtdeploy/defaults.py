@@ -17,9 +17,10 @@ Recipes (`--recipe`):
   orientation, scenes larger than the crop).
   Compressing: local ratio 0.7, widths rounded to 8, CAP where the model has foldable SE blocks
   (L1 otherwise), AML, then 150 fine-tuning epochs at one-cycle lr 0.05 with the same
-  augmentation, kept epoch chosen on the parent's validation split. A pruned epoch costs ~10 %
-  of an unpruned one at ratio 0.7 (measured per step on a CPU), so this fine-tuning costs ~15 %
-  of the parent's 100 epochs. It was the best of the fine-tuning variants explored (one seed:
+  augmentation, kept epoch chosen on the parent's validation split. A pruned training step
+  costs ~10 % of an unpruned one at ratio 0.7 on a CPU, but a whole epoch (data, validation,
+  the resume file) ~15 %, so the 150 epochs cost ~0.25 of the parent's 100 on a 2-core CPU at
+  32 px (benchmarks/results/defaults_cpu/). It was the best of the fine-tuning variants explored (one seed:
   +2.5 points over its parent, where the paper's 30 epochs at lr 0.01 lose 3-5). Distillation
   from the parent (36 epochs, a similar CPU budget: each distilled step also runs the unpruned
   teacher, ~30 % of a training step) did no better there, so it stays an option (--distill).
