@@ -177,6 +177,7 @@ def collect(args, runs: Path) -> dict:
                          "time_vs_parent": [c["seconds"]["finetune"] / p["seconds"] for _, c, p in got],
                          "criterion": got[0][1]["criterion"], "ratio": got[0][1]["ratio"],
                          "macs": got[0][1]["macs"]["after"], "params": got[0][1]["params"]["after"],
+                         "macs_before": got[0][1]["macs"]["before"],
                          "selected_on": got[0][1].get("selected_on", "test"),
                          "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got]}
 
@@ -201,19 +202,22 @@ def markdown(rows: dict, prov: dict) -> str:
              f"UC Merced ({prov['data']}), SE-ResNet18, seeds {prov['seeds']}, run on "
              f"{m.get('ran_on') or m.get('gpu') or m['cpu']} "
              f"(device `{prov['settings']['device']}`). Test accuracy (%) of the model each command kept, mean ± std over "
-             "seeds; 'vs parent' is the paired difference with its 95 % Student t half-width. Time: the fine-tuning "
-             "stage's wall time over the parent's training time, same machine.", "",
-             "| command | kept by | test accuracy | vs parent | MACs | params | time vs parent | kept epoch |",
-             "|---|---|---|---|---|---|---|---|"]
+             "seeds; 'vs parent' is the paired difference with its 95 % Student t half-width (inf: one seed). Time: the "
+             "fine-tuning stage's wall time over the parent's training time, same machine; comparable only where both "
+             "ran under the same load.", "",
+             "| command | seeds | kept by | test accuracy | vs parent | MACs | params | time vs parent, per seed | "
+             "kept epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows.values():
         vs = ""
         if "vs_parent" in row:
             d = row["vs_parent"]
             vs = f"{100 * d['diff']:+.2f} ± {100 * d['ci95']:.2f}" + (" **outside noise**" if d["outside_noise"] else "")
-        t = f"{sum(row['time_vs_parent']) / len(row['time_vs_parent']):.3f}" if "time_vs_parent" in row else "-"
+        t = ", ".join(f"{r:.3f}" for r in row["time_vs_parent"]) if "time_vs_parent" in row else "-"
         sel = row["selected_on"] + (" (optimistic)" if row["selected_on"].startswith("test") else "")
-        lines.append(f"| {row['label']} | {sel} | {common.pm(row['test'])} | {vs or '-'} | "
-                     f"{row['macs'] / 1e6:.1f} M | {row['params'] / 1e6:.2f} M | {t} | "
+        fewer = f" ({row['macs_before'] / row['macs']:.1f}x fewer)" if "macs_before" in row else ""
+        lines.append(f"| {row['label']} | {', '.join(map(str, row['seeds']))} | {sel} | {common.pm(row['test'])} | "
+                     f"{vs or '-'} | {row['macs'] / 1e6:.1f} M{fewer} | {row['params'] / 1e6:.2f} M | {t} | "
                      f"{', '.join(str(e) for e in row['kept_epoch'])} |")
     lines += ["", f"Command: `{prov['command']}`"]
     return "\n".join(lines) + "\n"
