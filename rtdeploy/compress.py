@@ -1,7 +1,7 @@
 """`rtdeploy compress` as a library call: RemoteTrimmer's pipeline on a trained checkpoint.
 
-checkpoint -> evaluate -> capture SE attention -> fold into BN + strip SE -> prune (criterion)
--> fine-tune (AML or CE, optional distillation) -> pruned checkpoint + JSON report.
+checkpoint -> evaluate -> capture SE attention -> fold into BN + strip SE -> [sparsity training]
+-> prune (criterion) -> fine-tune (AML or CE, optional distillation) -> pruned checkpoint + JSON report.
 Each stage is timed, reported, and checked (fold parity, pruned shapes, exact reload).
 """
 from __future__ import annotations
@@ -31,7 +31,8 @@ from .names import show
 from .models.complexity import count_macs_params
 from .prune.support import check_prunable
 from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
-                    clear_attention_marks, fold_attention, fold_plan, prune_model)
+                    check_sparsity, clear_attention_marks, fold_attention, fold_plan, prune_model, regularizer_name,
+                    sparsity_regularizer)
 from .train import Distilled, TrainConfig, create_loss, fit, resolve_device
 from .train.loop import split_accuracy
 from .train.losses import LOSSES
@@ -59,6 +60,8 @@ class CompressConfig:
     kd_temperature: float = COMPRESS.kd_temperature
     kd_weight: float = COMPRESS.kd_weight
     calib_images: int = COMPRESS.calib_images
+    sparsity_epochs: int = COMPRESS.sparsity_epochs  # 0: no sparsity training before pruning
+    sparsity_reg: float = COMPRESS.sparsity_reg
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -66,6 +69,7 @@ class CompressConfig:
         self.loss_fn()  # --r1/--r2/--kd-* are checked where the losses are built
         if self.calib_images < 1:
             raise ConfigError(f"--calib-images must be >= 1, got {self.calib_images}")
+        check_sparsity(self.sparsity_epochs, self.sparsity_reg)
         if self.criterion != AUTO_CRITERION:
             check_criterion(self.criterion)
 
@@ -105,7 +109,7 @@ class CompressReport:
     ratio: float
     params: dict  # {"before": int, "after": int}
     macs: dict  # {"before": int, "after": int}
-    accuracy: dict  # {"original", "folded" (None without SE), "pruned", "finetuned"}: fractions
+    accuracy: dict  # {"original", "folded" (None without SE), ["sparsified",] "pruned", "finetuned"}: fractions
     seconds: dict  # {stage: seconds}
     seed: int
     arch: str
@@ -120,6 +124,7 @@ class CompressReport:
     prune: dict
     finetune: dict
     settings: dict
+    sparsity: dict | None = None  # --sparsity-epochs: {"epochs", "reg", "regularizer", "last_epoch_eval", ...}
     distributed: dict = field(default_factory=dict)  # {"world_size", "backend", "rank_digests"} (torchrun)
     versions: dict = field(default_factory=versions)
 
@@ -161,7 +166,8 @@ def planned_stages(model: nn.Module, cfg: CompressConfig) -> list[str]:
     """The stage names compress will run for this (preflighted) model, in order."""
     folds = has_attention(model) and _fold_or_keep(model, cfg) is None
     fold = ["capture", "fold", "evaluate_folded"] if folds else []
-    return ["evaluate_original", *fold, "prune", "evaluate_pruned", "finetune", "evaluate_finetuned", "save"]
+    sparsify = ["sparsify", "evaluate_sparsified"] if cfg.sparsity_epochs else []
+    return ["evaluate_original", *fold, *sparsify, "prune", "evaluate_pruned", "finetune", "evaluate_finetuned", "save"]
 
 
 def _fold_or_keep(model: nn.Module, cfg: CompressConfig) -> str | None:
@@ -179,7 +185,8 @@ def _fold_or_keep(model: nn.Module, cfg: CompressConfig) -> str | None:
 def _history(cfg: CompressConfig, prune_ratio: float, accuracy: dict, row: dict, source: str) -> dict:
     return {"stage": "compress", "criterion": cfg.criterion, "ratio": prune_ratio, "scope": cfg.prune.scope,
             "round_to": cfg.prune.round_to, "target_macs": cfg.prune.target_macs, "loss": cfg.loss,
-            "distill": cfg.distill, "epochs": cfg.train.epochs, "seed": cfg.train.seed, "data": source,
+            "distill": cfg.distill, "epochs": cfg.train.epochs, "sparsity_epochs": cfg.sparsity_epochs,
+            "seed": cfg.train.seed, "data": source,
             "accuracy": accuracy, "macs": row["macs"], "params": row["params"], "versions": versions()}
 
 
@@ -229,6 +236,33 @@ def _capture_and_fold(run: _Run, model: nn.Module, on_progress) -> FoldReport:
         report = fold_attention(model, means, next(iter(run.calib(16)))[0])
         ev.detail = f"max |diff| {report.max_abs_diff:.1e}"
     return report
+
+
+def _sparsify(run: _Run, model: nn.Module, on_epoch) -> dict:
+    """Train `model` in place for --sparsity-epochs with the criterion's sparsity penalty (see
+    prune/sparsity.py), with the fine-tuning settings; the last epoch is what gets pruned."""
+    cfg, size = run.cfg, run.splits.img_size
+    name = regularizer_name(cfg.criterion)
+    eval_ds, _, _ = selection_split(run.splits, "last")  # nothing is selected: evaluated for the report
+    evaluated_on = "validation split" if run.splits.val is not None else "test split"
+    with run.stages.run("sparsify", f"sparsity training, {cfg.sparsity_epochs} epochs ({name})") as ev:
+        example = torch.zeros(1, 3, size, size, device=run.device)
+        regularize = sparsity_regularizer(model.to(run.device), cfg.criterion, example, cfg.sparsity_reg)
+        loss = create_loss(cfg.loss, r1=cfg.r1, r2=cfg.r2, label_smoothing=cfg.train.label_smoothing)
+        # select "last": fit trains `model` itself and returns a copy of its last state
+        _, tr = fit(model, run.splits.train, eval_ds, loss, replace(cfg.train, epochs=cfg.sparsity_epochs, select="last"),
+                    on_epoch=on_epoch, regularize=regularize)
+        ev.detail = f"last epoch {100 * tr.final_accuracy:.2f} % on the {evaluated_on}"
+    return {"epochs": cfg.sparsity_epochs, "reg": cfg.sparsity_reg, "regularizer": name,
+            "last_epoch_eval": tr.final_accuracy, "evaluated_on": evaluated_on, "seconds": tr.seconds,
+            "bn_scale_l1": _bn_scale_l1(model)}
+
+
+def _bn_scale_l1(model: nn.Module) -> float | None:
+    """Mean |gamma| over all BatchNorm channels: what network slimming's penalty pushes down."""
+    scales = [m.weight.detach().abs().flatten() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    return torch.cat(scales).mean().item() if scales else None
 
 
 def _prune(run: _Run, model: nn.Module) -> PruneReport:
@@ -284,8 +318,8 @@ def check_resume_settings(path: str | Path, state: dict, cfg: CompressConfig) ->
                           "with --resume added")
 
 
-def _prepare(run: _Run, model: nn.Module, on_progress) -> dict:
-    """original -> (capture -> fold) -> prune, measuring after each; returns the stage context."""
+def _prepare(run: _Run, model: nn.Module, on_progress, on_sparsity_epoch=None) -> dict:
+    """original -> (capture -> fold) -> (sparsify) -> prune, measuring after each; returns the stage context."""
     cfg = run.cfg
     run.measure("original", model)
     fold, kept_reason = None, _fold_or_keep(model, cfg) if has_attention(model) else None
@@ -296,9 +330,13 @@ def _prepare(run: _Run, model: nn.Module, on_progress) -> dict:
         # all of them (no SE at inference), so comparisons differ in the channel ranking alone.
         fold = asdict(_capture_and_fold(run, model, on_progress))
         run.measure("folded", model)
+    sparsity = None
+    if cfg.sparsity_epochs:
+        sparsity = {"bn_scale_l1_before": _bn_scale_l1(model), **_sparsify(run, model, on_sparsity_epoch)}
+        run.measure("sparsified", model)
     pruned = asdict(_prune(run, model))
     run.measure("pruned", model)
-    return {"fold": fold, "kept_reason": kept_reason, "prune": pruned}
+    return {"fold": fold, "kept_reason": kept_reason, "prune": pruned, "sparsity": sparsity}
 
 
 def _check_data(splits, meta: ModelMeta) -> None:
@@ -312,13 +350,15 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
              report_path: str | Path | None = None,
              on_stage: Callable[[StageEvent], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
-             on_step=None, on_epoch=None, resume: str | Path | None = None) -> CompressReport:
+             on_step=None, on_epoch=None, resume: str | Path | None = None,
+             on_sparsity_epoch=None) -> CompressReport:
     """Run the pipeline on the checkpoint at `ckpt_path` with `splits` (from
     evaluation.splits_for, so the checkpoint's own split and normalisation); write the pruned
     checkpoint to `out` and, when given, the report as JSON to `report_path`.
 
     on_stage(StageEvent) at each stage's start and end; on_progress(done, total) while capturing
-    attention; on_step/on_epoch during fine-tuning (see train.loop.fit). '<out>.last' is written
+    attention; on_step/on_epoch during fine-tuning (see train.loop.fit), on_sparsity_epoch during
+    the optional sparsity training (cfg.sparsity_epochs). '<out>.last' is written
     after every fine-tuning epoch; `resume=` that file continues an interrupted run.
     """
     t0, out = time.perf_counter(), Path(out)
@@ -328,7 +368,7 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     model.to(run.device)
     teacher = copy.deepcopy(model) if cfg.distill else None  # the unpruned original, SE included
     if resume is None:
-        context = _prepare(run, model, on_progress)
+        context = _prepare(run, model, on_progress, on_sparsity_epoch)
         state = None
     else:  # capture, fold and prune were done before the interruption: continue fine-tuning
         model, context, state = _load_resume(resume, cfg)
@@ -339,7 +379,8 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     # Under torchrun every rank captured, folded and pruned the same data the same way; prove it.
     distributed.check_identical(model, "the pruned model")
     fold, kept_reason, pruned = context["fold"], context["kept_reason"], context["prune"]
-    save = _saver(run, model, meta, {k: context[k] for k in ("fold", "kept_reason", "prune")}, resume_path(out))
+    save = _saver(run, model, meta, {k: context.get(k) for k in ("fold", "kept_reason", "prune", "sparsity")},
+                  resume_path(out))
     best, tr = _finetune(run, model, teacher, on_step, on_epoch, save, state)
     # Selection looked at validation (or, in the paper's protocol, at test); this records the
     # selected model's selection-split accuracy beside its test accuracy.
@@ -364,7 +405,7 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
                   "peak_epoch": tr.peak_epoch, "peak_accuracy": tr.peak_accuracy,
                   "epochs": [asdict(e) for e in tr.epochs], "resumed_from_epoch": tr.resumed_from_epoch,
                   "augment": splits.train.augment, "crop_scale": splits.train.crop_scale},
-        settings=asdict(cfg), distributed={**distributed.info().record(), "rank_digests": tr.rank_digests})
+        settings=asdict(cfg), sparsity=context.get("sparsity"), distributed={**distributed.info().record(), "rank_digests": tr.rank_digests})
     if report_path is not None and distributed.info().is_main:
         write_json(report_path, asdict(report))
     return report

@@ -82,6 +82,12 @@ class CompressRecipe:
     kd_temperature: float = 4.0
     kd_weight: float = 0.5
     calib_images: int = 1024
+    # Optional stage between fold and prune: train this many epochs with torch-pruning's sparsity
+    # regulariser (network slimming's L1 on BatchNorm scales for cap/bn, DepGraph's group lasso
+    # for the other criteria), so the channels the criterion drops carry less. Off by default:
+    # not measured to help here yet (benchmarks/results/defaults_cpu/).
+    sparsity_epochs: int = 0
+    sparsity_reg: float = 1e-4  # network slimming's lambda for VGG; torch-pruning's default group lasso
 
 
 TRAIN_RECIPES: dict[str, TrainRecipe] = {

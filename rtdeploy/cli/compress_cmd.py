@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -63,6 +64,13 @@ R2 = Annotated[Optional[float], _opt("--r2", "r2", "AML weight of the cross-entr
 Distill = Annotated[Optional[bool], _opt("--distill/--no-distill", "distill", "Also distil from the unpruned model (beyond the paper; each step then also runs the unpruned model).")]
 KdTemperature = Annotated[Optional[float], _opt("--kd-temperature", "kd_temperature", "Distillation temperature.", 0, MAX_KD_TEMPERATURE, low_open=True)]
 KdWeight = Annotated[Optional[float], _opt("--kd-weight", "kd_weight", "Share of the distillation term in the loss, in (0, 1].", 0, 1, low_open=True)]
+SparsityEpochs = Annotated[Optional[int], _opt(
+    "--sparsity-epochs", "sparsity_epochs", "Optional stage before pruning: train this many epochs with torch-pruning's "
+    "sparsity penalty (L1 on BatchNorm scales for cap/bn, i.e. network slimming; group lasso for the other "
+    "criteria), so the channels removed carry less; 0 = off. Costs as many unpruned epochs.", 0, MAX_EPOCHS,
+    integer=True)]
+SparsityReg = Annotated[Optional[float], _opt(
+    "--sparsity-reg", "sparsity_reg", "With --sparsity-epochs: the penalty's weight.", 0, 1, low_open=True)]
 CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.", 1, MAX_IMAGES, integer=True)]
 FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).", 1, MAX_EPOCHS, integer=True)]
 FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step (under torchrun: the global batch, split across the processes).", 2, MAX_BATCH, integer=True)]
@@ -82,7 +90,8 @@ Out = Annotated[Path, typer.Option("--out", help="Pruned checkpoint to write.")]
 ReportOut = Annotated[Optional[Path], typer.Option(
     "--report", help="JSON report to write; by default the --out path with .json.", show_default=False)]
 
-_ROW_LABELS = {"original": "original", "folded": "folded (SE stripped)", "pruned": "pruned", "finetuned": "fine-tuned"}
+_ROW_LABELS = {"original": "original", "folded": "folded (SE stripped)", "sparsified": "after sparsity training",
+               "pruned": "pruned", "finetuned": "fine-tuned"}
 
 
 @app.command()
@@ -95,7 +104,8 @@ def compress(
     weight_decay: FtWd = None, schedule: FtSchedule = None, select: FtSelect = None,
     distill: Distill = None, kd_temperature: KdTemperature = None, kd_weight: KdWeight = None,
     augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
-    calib_images: CalibImages = None, seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
+    calib_images: CalibImages = None, sparsity_epochs: SparsityEpochs = None, sparsity_reg: SparsityReg = None,
+    seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
     target_latency_ms: TargetLatency = None, latency_provider: LatencyProvider = "cpu",
     latency_threads: LatencyThreads = 1, latency_batch: LatencyBatch = 1,
@@ -115,7 +125,8 @@ def compress(
     r = resolve(C, recipe, criterion=criterion, ratio=ratio, scope=scope, round_to=round_to, loss=loss, r1=r1, r2=r2,
                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
-                augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images)
+                augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images,
+                sparsity_epochs=sparsity_epochs, sparsity_reg=sparsity_reg)
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
     report = report or check_file_name("--out", out).with_suffix(".json")
     _plan(ckpt, out, (report_flag, report), data, resume, force)
@@ -134,7 +145,8 @@ def compress(
                if target_latency_ms is not None else None)
     cfg = CompressConfig(
         criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
-        kd_weight=r.kd_weight, calib_images=r.calib_images,
+        kd_weight=r.kd_weight, calib_images=r.calib_images, sparsity_epochs=r.sparsity_epochs,
+        sparsity_reg=r.sparsity_reg,
         prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs,
                           round_to_target=latency_provider, target_latency=latency),
         train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
@@ -146,7 +158,7 @@ def compress(
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
                         augment=r.augment, crop_scale=r.crop_scale, data_cache=data_cache)
-    with _compress_progress(len(stages), epochs) as callbacks:
+    with _compress_progress(len(stages), epochs, cfg.sparsity_epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
 
@@ -190,7 +202,7 @@ def _check_resume(path: Path) -> dict:
 
 def check_compress_context(ctx: dict) -> None:
     """The stage results compress stored in '<out>.last' (see compress._saver), used on resume."""
-    from ..fields import dict_of, integer, list_of_dicts, number, text
+    from ..fields import FieldError, dict_of, integer, list_of_dicts, number, text
 
     for key in ("fold", "prune", "accuracy", "seconds"):
         if ctx.get(key) is not None or key != "fold":
@@ -198,6 +210,14 @@ def check_compress_context(ctx: dict) -> None:
     if ctx.get("kept_reason") is not None:
         text(ctx["kept_reason"], "state.compress.kept_reason")
     number(ctx["prune"].get("ratio"), "state.compress.prune.ratio", 0, 1)
+    if ctx.get("sparsity") is not None:  # --sparsity-epochs: reported again on resume
+        sparsity = dict_of(ctx["sparsity"], "state.compress.sparsity")
+        integer(sparsity.get("epochs"), "state.compress.sparsity.epochs", 0, MAX_EPOCHS)
+        number(sparsity.get("reg"), "state.compress.sparsity.reg", 0, 1)
+        text(sparsity.get("regularizer"), "state.compress.sparsity.regularizer")
+        for k, v in sparsity.items():  # the rest goes into the JSON report as it is
+            if not (v is None or isinstance(v, (str, int, float))) or (isinstance(v, float) and not math.isfinite(v)):
+                raise FieldError(f"state.compress.sparsity.{k}", "a finite number, a text or null", v)
     for k, v in ctx["accuracy"].items():
         if v is not None:
             number(v, f"state.compress.accuracy.{k}", 0, 1)
@@ -211,9 +231,10 @@ def check_compress_context(ctx: dict) -> None:
 
 
 @contextlib.contextmanager
-def _compress_progress(n_stages: int, epochs: int):
+def _compress_progress(n_stages: int, epochs: int, sparsity_epochs: int = 0):
     """Callbacks for compress: a bar over the stages (a line per finished stage), and bars for the
-    calibration images and the fine-tuning epochs/steps, added when those stages start."""
+    calibration images, the sparsity-training epochs and the fine-tuning epochs/steps, added when
+    those stages start."""
     with progress() as bar:
         stage_bar = bar.add_task("compress", total=n_stages, info="")
         tasks: dict[str, int] = {}
@@ -246,7 +267,15 @@ def _compress_progress(n_stages: int, epochs: int):
                                   f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)", highlight=False)
             bar.reset(task("steps", "  steps", 1), total=1, info="")
 
-        yield {"on_stage": on_stage, "on_progress": on_progress, "on_step": on_step, "on_epoch": on_epoch}
+        def on_sparsity_epoch(e):
+            bar.update(task("sparsify", "  sparsity training", sparsity_epochs), completed=e.epoch,
+                       info=f"epoch {e.epoch}: eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)")
+            if not bar.console.is_terminal:
+                bar.console.print(f"sparsity training epoch {e.epoch}/{sparsity_epochs}: loss {e.train_loss:.3f}, "
+                                  f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)", highlight=False)
+
+        yield {"on_stage": on_stage, "on_progress": on_progress, "on_step": on_step, "on_epoch": on_epoch,
+               "on_sparsity_epoch": on_sparsity_epoch}
 
 
 def _render(r, out: Path, report: Path) -> None:

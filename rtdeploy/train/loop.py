@@ -89,13 +89,15 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
         on_step: Callable[[StepInfo], None] | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None,
         save: Callable[[nn.Module, dict, TrainReport], None] | None = None,
-        resume: dict | None = None) -> tuple[nn.Module, TrainReport]:
+        resume: dict | None = None,
+        regularize: Callable[[nn.Module], None] | None = None) -> tuple[nn.Module, TrainReport]:
     """Train `model`; return the model of the epoch kept by `cfg.select` (see selection.py:
     the peak eval epoch, or the last one) and the report. `eval_ds` is the split selection
     looks at: the validation split, or the test split for the paper's protocol.
 
     `save(best_model, resume_state, report)` runs after every epoch; `resume_state` is plain
-    tensors/data (loadable with weights_only) that `resume=` takes back.
+    tensors/data (loadable with weights_only) that `resume=` takes back. `regularize(model)` runs
+    after each backward pass, before the optimiser step (a sparsity penalty adding to .grad).
 
     Under torchrun (distributed.setup() called) this is data-parallel: `cfg.batch_size` is the
     global batch, cut across the ranks (distributed.sharded_batches), gradients are averaged by
@@ -124,7 +126,8 @@ def fit(model: nn.Module, train_ds, eval_ds, loss_fn: nn.Module, cfg: TrainConfi
     t0 = time.perf_counter() - report.seconds
     with distributed.cooperative_stop():
         for epoch in range(start, cfg.epochs):
-            stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step)
+            stats = _train_epoch(model, train_ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step,
+                                 regularize)
             stats.eval_accuracy = split_accuracy(model, eval_ds, cfg.batch_size, device)
             report.epochs.append(stats)
             if stats.eval_accuracy > report.peak_accuracy or epoch == 0:
@@ -174,7 +177,7 @@ def _best(model: nn.Module, best_state: dict) -> nn.Module:
     return best.eval()
 
 
-def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step) -> EpochStats:
+def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on_step, regularize) -> EpochStats:
     world = distributed.info()
     model.train()
     loader = make_loader(ds, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, workers=cfg.workers,
@@ -201,6 +204,8 @@ def _train_epoch(model, ds, loss_fn, opt, sched, cfg, epoch, device, teacher, on
             # the global batch makes that average the gradient of the global batch's mean loss.
             scale = y.numel() * world.world_size / n_global if world.enabled else 1.0
             (loss * scale).backward()
+            if regularize is not None:  # on the synchronised gradients: every rank adds the same
+                regularize(model)
             opt.step()
             sched.step()
             seen += y.numel()

@@ -1,0 +1,123 @@
+"""Issue 11: the optional sparsity-training stage before pruning (`compress --sparsity-epochs`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_image_folder
+from rtdeploy.cli.app import main
+from rtdeploy.cli.compress_cmd import check_compress_context
+from rtdeploy.compress import CompressConfig
+from rtdeploy.errors import ConfigError
+from rtdeploy.fields import FieldError
+from rtdeploy.models import create_model
+from rtdeploy.prune import classifier_of, sparsity_regularizer
+from rtdeploy.train import TrainConfig
+from rtdeploy.train.job import run_training
+
+IMG = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, tiny_se checkpoint trained 2 epochs on it at 32 px, 25 % validation split)."""
+    root = tmp_path_factory.mktemp("sparsity")
+    data = make_image_folder(root / "data", n_classes=3, per_class=12, size=40)
+    from rtdeploy.data import load_splits
+
+    splits = load_splits(str(data), img_size=IMG, seed=1, val_frac=0.25)
+    ckpt = root / "base.pt"
+    run_training(splits, "tiny_se", TrainConfig(epochs=2, batch_size=8, lr=0.05, seed=1), ckpt)
+    return data, ckpt
+
+
+def _zero_grads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def test_bn_penalty_is_l1_on_batchnorm_scales_only():
+    """cap/bn: network slimming's subgradient reg * sign(gamma) on every BN scale, nothing else."""
+    model = create_model("tiny", 3)
+    regularize = sparsity_regularizer(model, "bn", torch.zeros(1, 3, IMG, IMG), reg=0.01)
+    _zero_grads(model)
+    regularize(model)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight.grad, 0.01 * torch.sign(m.weight.detach())), name
+            assert not m.bias.grad.any(), name
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert not m.weight.grad.any(), name
+
+
+def test_group_lasso_penalises_the_coupled_weights_of_every_group():
+    """Other criteria: torch-pruning's group lasso reaches the convolutions, not only the BN scales."""
+    model = create_model("tiny", 3)
+    regularize = sparsity_regularizer(model, "l1", torch.zeros(1, 3, IMG, IMG), reg=0.01)
+    _zero_grads(model)
+    regularize(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(m.weight.grad.abs().sum() > 0 for m in convs)
+    head = classifier_of(model)
+    assert not head.bias.grad.any()  # its outputs are the classes: never a pruned channel
+
+
+def test_bn_criterion_without_batchnorm_is_a_config_error():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    with pytest.raises(ConfigError, match="no BatchNorm"):
+        sparsity_regularizer(model, "bn", torch.zeros(1, 3, IMG, IMG), reg=1e-4)
+
+
+@pytest.mark.parametrize("epochs,reg", [(-1, 1e-4), (1.5, 1e-4), (True, 1e-4), (1, 0.0), (1, float("nan")), (1, -1e-3)])
+def test_library_refuses_bad_sparsity_settings(epochs, reg):
+    with pytest.raises(ConfigError, match="--sparsity-"):
+        CompressConfig(sparsity_epochs=epochs, sparsity_reg=reg)
+
+
+def test_sparsity_stage_shrinks_bn_scales_and_is_reported(trained, tmp_path, capsys):
+    """The penalty pulls the folded BN scales down against the same run with a negligible one
+    (same seed, so the difference is the penalty's: 6 steps x lr 0.1 x 0.05 ~ 0.03); the report
+    and the table show the stage; the default run has no such stage."""
+    data, ckpt = trained
+    base = ["compress", str(ckpt), "--data", str(data), "--epochs", "1", "--batch-size", "8", "--seed", "2",
+            "--lr", "0.1", "--schedule", "constant", "--sparsity-epochs", "2"]
+    assert main([*base, "--out", str(tmp_path / "s.pt"), "--sparsity-reg", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "after sparsity training" in out and "sparsify" in out
+    assert main([*base, "--out", str(tmp_path / "n.pt"), "--sparsity-reg", "1e-9"]) == 0
+    capsys.readouterr()
+    rep = json.loads((tmp_path / "s.json").read_text())
+    sp, control = rep["sparsity"], json.loads((tmp_path / "n.json").read_text())["sparsity"]
+    assert sp["epochs"] == 2 and sp["reg"] == 0.05 and sp["regularizer"].startswith("bn-l1")
+    assert sp["bn_scale_l1_before"] == control["bn_scale_l1_before"]
+    assert sp["bn_scale_l1"] < control["bn_scale_l1"] - 0.01, (sp, control)
+    assert sp["evaluated_on"] == "validation split"
+    assert [r["stage"] for r in rep["stages"]] == ["original", "folded", "sparsified", "pruned", "finetuned"]
+    assert rep["settings"]["sparsity_epochs"] == 2
+    assert main([*base[:-2], "--out", str(tmp_path / "d.pt")]) == 0
+    capsys.readouterr()
+    plain = json.loads((tmp_path / "d.json").read_text())
+    assert plain["sparsity"] is None and "sparsified" not in [r["stage"] for r in plain["stages"]]
+
+
+@pytest.mark.parametrize("flag,value", [("--sparsity-epochs", "-1"), ("--sparsity-epochs", "x"),
+                                        ("--sparsity-reg", "0"), ("--sparsity-reg", "inf")])
+def test_bad_sparsity_flags_are_one_line_exit_2(trained, tmp_path, capsys, flag, value):
+    data, ckpt = trained
+    code = main(["compress", str(ckpt), "--data", str(data), "--out", str(tmp_path / "p.pt"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sparsity", [[1], {"epochs": -2, "reg": 1e-4, "regularizer": "x"},
+                                      {"epochs": 1, "reg": 1e-4, "regularizer": "x", "seconds": torch.ones(2)},
+                                      {"epochs": 1, "reg": 1e-4, "regularizer": "x", "seconds": float("inf")}])
+def test_damaged_sparsity_record_in_a_resume_file_is_refused(sparsity):
+    ctx = {"fold": None, "prune": {"ratio": 0.7}, "accuracy": {}, "seconds": {}, "rows": [], "sparsity": sparsity}
+    with pytest.raises(FieldError, match="state.compress.sparsity"):
+        check_compress_context(ctx)
