@@ -62,6 +62,7 @@ class CompressConfig:
     calib_images: int = COMPRESS.calib_images
     sparsity_epochs: int = COMPRESS.sparsity_epochs  # 0: no sparsity training before pruning
     sparsity_reg: float = COMPRESS.sparsity_reg
+    step_epochs: int = COMPRESS.step_epochs  # with prune.steps > 1: fine-tuning epochs after each step but the last
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -70,6 +71,8 @@ class CompressConfig:
         if self.calib_images < 1:
             raise ConfigError(f"--calib-images must be >= 1, got {self.calib_images}")
         check_sparsity(self.sparsity_epochs, self.sparsity_reg)
+        if isinstance(self.step_epochs, bool) or not isinstance(self.step_epochs, int) or self.step_epochs < 1:
+            raise ConfigError(f"--step-epochs must be an integer >= 1, got {self.step_epochs!r}")
         if self.criterion != AUTO_CRITERION:
             check_criterion(self.criterion)
 
@@ -186,6 +189,7 @@ def _history(cfg: CompressConfig, prune_ratio: float, accuracy: dict, row: dict,
     return {"stage": "compress", "criterion": cfg.criterion, "ratio": prune_ratio, "scope": cfg.prune.scope,
             "round_to": cfg.prune.round_to, "target_macs": cfg.prune.target_macs, "loss": cfg.loss,
             "distill": cfg.distill, "epochs": cfg.train.epochs, "sparsity_epochs": cfg.sparsity_epochs,
+            "prune_steps": cfg.prune.steps,
             "seed": cfg.train.seed, "data": source,
             "accuracy": accuracy, "macs": row["macs"], "params": row["params"], "versions": versions()}
 
@@ -265,14 +269,34 @@ def _bn_scale_l1(model: nn.Module) -> float | None:
     return torch.cat(scales).mean().item() if scales else None
 
 
-def _prune(run: _Run, model: nn.Module) -> PruneReport:
+def _prune(run: _Run, model: nn.Module, on_stage_epoch=None) -> PruneReport:
     cfg, size = run.cfg, run.splits.img_size
-    with run.stages.run("prune", f"prune ({cfg.criterion}, {cfg.prune.scope})") as ev:
+    steps = f", {cfg.prune.steps} steps with {cfg.step_epochs} fine-tuning epochs between" if cfg.prune.steps > 1 else ""
+    with run.stages.run("prune", f"prune ({cfg.criterion}, {cfg.prune.scope}{steps})") as ev:
         example = torch.zeros(1, 3, size, size, device=run.device)
-        report = prune_model(model, cfg.criterion, example, cfg.prune, calib=run.calib(), seed=cfg.train.seed)
+        between = _step_finetuner(run, model, on_stage_epoch) if cfg.prune.steps > 1 else None
+        report = prune_model(model, cfg.criterion, example, cfg.prune, calib=run.calib(), seed=cfg.train.seed,
+                             between_steps=between)
         clear_attention_marks(model)
         ev.detail = f"ratio {report.ratio:.3g}: MACs x{report.macs_fraction:.3f}"
     return report
+
+
+def _step_finetuner(run: _Run, model: nn.Module, on_stage_epoch):
+    """Progressive pruning's fine-tuning after each intermediate step: --step-epochs with the
+    fine-tuning settings (no distillation), keeping the last epoch; its seconds count as
+    fine-tuning (report: prune.steps[].seconds)."""
+    cfg = run.cfg
+    eval_ds, _, _ = selection_split(run.splits, "last")
+    loss = create_loss(cfg.loss, r1=cfg.r1, r2=cfg.r2, label_smoothing=cfg.train.label_smoothing)
+
+    def between(k: int) -> dict:
+        # its own seed per step: each step's fine-tuning sees other batches and augmentations
+        tcfg = replace(cfg.train, epochs=cfg.step_epochs, select="last", seed=cfg.train.seed + 1000 * k)
+        _, tr = fit(model, run.splits.train, eval_ds, loss, tcfg,
+                    on_epoch=on_stage_epoch and (lambda e: on_stage_epoch(f"step {k}", e)))
+        return {"epochs": cfg.step_epochs, "seconds": tr.seconds, "last_epoch_eval": tr.final_accuracy}
+    return between
 
 
 def _finetune(run: _Run, model: nn.Module, teacher: nn.Module | None, on_step, on_epoch, save, resume):
@@ -318,7 +342,7 @@ def check_resume_settings(path: str | Path, state: dict, cfg: CompressConfig) ->
                           "with --resume added")
 
 
-def _prepare(run: _Run, model: nn.Module, on_progress, on_sparsity_epoch=None) -> dict:
+def _prepare(run: _Run, model: nn.Module, on_progress, on_stage_epoch=None) -> dict:
     """original -> (capture -> fold) -> (sparsify) -> prune, measuring after each; returns the stage context."""
     cfg = run.cfg
     run.measure("original", model)
@@ -332,9 +356,10 @@ def _prepare(run: _Run, model: nn.Module, on_progress, on_sparsity_epoch=None) -
         run.measure("folded", model)
     sparsity = None
     if cfg.sparsity_epochs:
-        sparsity = {"bn_scale_l1_before": _bn_scale_l1(model), **_sparsify(run, model, on_sparsity_epoch)}
+        sparsity = {"bn_scale_l1_before": _bn_scale_l1(model),
+                    **_sparsify(run, model, on_stage_epoch and (lambda e: on_stage_epoch("sparsify", e)))}
         run.measure("sparsified", model)
-    pruned = asdict(_prune(run, model))
+    pruned = asdict(_prune(run, model, on_stage_epoch))
     run.measure("pruned", model)
     return {"fold": fold, "kept_reason": kept_reason, "prune": pruned, "sparsity": sparsity}
 
@@ -351,14 +376,15 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
              on_stage: Callable[[StageEvent], None] | None = None,
              on_progress: Callable[[int, int], None] | None = None,
              on_step=None, on_epoch=None, resume: str | Path | None = None,
-             on_sparsity_epoch=None) -> CompressReport:
+             on_stage_epoch=None) -> CompressReport:
     """Run the pipeline on the checkpoint at `ckpt_path` with `splits` (from
     evaluation.splits_for, so the checkpoint's own split and normalisation); write the pruned
     checkpoint to `out` and, when given, the report as JSON to `report_path`.
 
     on_stage(StageEvent) at each stage's start and end; on_progress(done, total) while capturing
-    attention; on_step/on_epoch during fine-tuning (see train.loop.fit), on_sparsity_epoch during
-    the optional sparsity training (cfg.sparsity_epochs). '<out>.last' is written
+    attention; on_step/on_epoch during fine-tuning (see train.loop.fit), on_stage_epoch(name, epoch
+    stats) during the optional training stages before the fine-tuning: "sparsify"
+    (cfg.sparsity_epochs) and "step K" (progressive pruning, cfg.prune.steps > 1). '<out>.last' is written
     after every fine-tuning epoch; `resume=` that file continues an interrupted run.
     """
     t0, out = time.perf_counter(), Path(out)
@@ -368,7 +394,7 @@ def compress(ckpt_path: str | Path, splits, cfg: CompressConfig, *, out: str | P
     model.to(run.device)
     teacher = copy.deepcopy(model) if cfg.distill else None  # the unpruned original, SE included
     if resume is None:
-        context = _prepare(run, model, on_progress, on_sparsity_epoch)
+        context = _prepare(run, model, on_progress, on_stage_epoch)
         state = None
     else:  # capture, fold and prune were done before the interruption: continue fine-tuning
         model, context, state = _load_resume(resume, cfg)

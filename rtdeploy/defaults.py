@@ -88,6 +88,10 @@ class CompressRecipe:
     # not measured to help here yet (benchmarks/results/defaults_cpu/).
     sparsity_epochs: int = 0
     sparsity_reg: float = 1e-4  # network slimming's lambda for VGG; torch-pruning's default group lasso
+    # Progressive pruning: reach the ratio in this many torch-pruning steps (linear in the share
+    # of channels removed), fine-tuning `step_epochs` between steps; 1 = one shot (the paper's).
+    prune_steps: int = 1
+    step_epochs: int = 10
 
 
 TRAIN_RECIPES: dict[str, TrainRecipe] = {

@@ -23,6 +23,8 @@ def test_library_defaults_are_the_default_recipes():
     assert (cc.criterion, cc.loss, cc.distill, cc.r1, cc.kd_weight) == (c.criterion, c.loss, c.distill, c.r1, c.kd_weight)
     assert (cc.train.epochs, cc.train.lr, cc.train.schedule, cc.train.select) == (c.epochs, c.lr, c.schedule, c.select)
     assert (PruneConfig().ratio, PruneConfig().round_to, PruneConfig().scope) == (c.ratio, c.round_to, c.scope)
+    assert (cc.sparsity_epochs, cc.sparsity_reg, cc.step_epochs, PruneConfig().steps) == \
+        (c.sparsity_epochs, c.sparsity_reg, c.step_epochs, c.prune_steps) == (0, 1e-4, 10, 1)
     assert ExportConfig().exporter == DEFAULT_EXPORTER == EXPORTER and DEFAULT_OPSETS is OPSETS
 
 

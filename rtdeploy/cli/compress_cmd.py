@@ -71,6 +71,13 @@ SparsityEpochs = Annotated[Optional[int], _opt(
     integer=True)]
 SparsityReg = Annotated[Optional[float], _opt(
     "--sparsity-reg", "sparsity_reg", "With --sparsity-epochs: the penalty's weight.", 0, 1, low_open=True)]
+PruneSteps = Annotated[Optional[int], _opt(
+    "--prune-steps", "prune_steps", "Progressive pruning: reach the ratio in this many steps (torch-pruning's iterative "
+    "pruning, ranking again each time), fine-tuning --step-epochs after each step but the last; 1 = one shot.", 1, 100,
+    integer=True)]
+StepEpochs = Annotated[Optional[int], _opt(
+    "--step-epochs", "step_epochs", "With --prune-steps > 1: fine-tuning epochs after each intermediate step (on top of "
+    "--epochs after the last).", 1, MAX_EPOCHS, integer=True)]
 CalibImages = Annotated[Optional[int], _opt("--calib-images", "calib_images", "Train images used to measure the mean SE attention.", 1, MAX_IMAGES, integer=True)]
 FtEpochs = Annotated[Optional[int], _opt("--epochs", "epochs", "Fine-tuning epochs (a pruned epoch costs ~10 % of an unpruned one at ratio 0.7).", 1, MAX_EPOCHS, integer=True)]
 FtBatch = Annotated[Optional[int], _opt("--batch-size", "batch_size", "Images per fine-tuning step (under torchrun: the global batch, split across the processes).", 2, MAX_BATCH, integer=True)]
@@ -105,6 +112,7 @@ def compress(
     distill: Distill = None, kd_temperature: KdTemperature = None, kd_weight: KdWeight = None,
     augment: FtAugment = None, crop_scale: FtCrop = None, label_smoothing: FtSmoothing = None,
     calib_images: CalibImages = None, sparsity_epochs: SparsityEpochs = None, sparsity_reg: SparsityReg = None,
+    prune_steps: PruneSteps = None, step_epochs: StepEpochs = None,
     seed: FinetuneSeed = 0, device: Device = "auto", workers: Workers = 0,
     report: ReportOut = None, force: Force = False, data_cache: DataCache = "disk",
     target_latency_ms: TargetLatency = None, latency_provider: LatencyProvider = "cpu",
@@ -126,7 +134,8 @@ def compress(
                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                 schedule=schedule, select=select, distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
                 augment=augment, crop_scale=crop_scale, label_smoothing=label_smoothing, calib_images=calib_images,
-                sparsity_epochs=sparsity_epochs, sparsity_reg=sparsity_reg)
+                sparsity_epochs=sparsity_epochs, sparsity_reg=sparsity_reg, prune_steps=prune_steps,
+                step_epochs=step_epochs)
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
     report = report or check_file_name("--out", out).with_suffix(".json")
     _plan(ckpt, out, (report_flag, report), data, resume, force)
@@ -146,8 +155,8 @@ def compress(
     cfg = CompressConfig(
         criterion=r.criterion, loss=r.loss, r1=r.r1, r2=r.r2, distill=r.distill, kd_temperature=r.kd_temperature,
         kd_weight=r.kd_weight, calib_images=r.calib_images, sparsity_epochs=r.sparsity_epochs,
-        sparsity_reg=r.sparsity_reg,
-        prune=PruneConfig(ratio=r.ratio, scope=r.scope, round_to=r.round_to, target_macs=target_macs,
+        sparsity_reg=r.sparsity_reg, step_epochs=r.step_epochs,
+        prune=PruneConfig(ratio=r.ratio, steps=r.prune_steps, scope=r.scope, round_to=r.round_to, target_macs=target_macs,
                           round_to_target=latency_provider, target_latency=latency),
         train=replace(finetune_defaults(r), seed=seed, device=device, workers=workers))
     epochs = r.epochs
@@ -158,7 +167,7 @@ def compress(
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)
     splits = splits_for(meta, data, data_root=data_root, load=load_data, skip_bad_images=skip_bad_images,
                         augment=r.augment, crop_scale=r.crop_scale, data_cache=data_cache)
-    with _compress_progress(len(stages), epochs, cfg.sparsity_epochs) as callbacks:
+    with _compress_progress(len(stages), epochs, cfg.sparsity_epochs, cfg.step_epochs) as callbacks:
         r = run_compress(ckpt, splits, cfg, out=out, report_path=report, resume=resume, **callbacks)
     _render(r, out, report)
 
@@ -210,6 +219,10 @@ def check_compress_context(ctx: dict) -> None:
     if ctx.get("kept_reason") is not None:
         text(ctx["kept_reason"], "state.compress.kept_reason")
     number(ctx["prune"].get("ratio"), "state.compress.prune.ratio", 0, 1)
+    for row in list_of_dicts(ctx["prune"].get("steps", []), "state.compress.prune.steps"):  # --prune-steps
+        integer(row.get("step"), "state.compress.prune.steps step", 1, 100)
+        for k, v in row.items():
+            number(v, f"state.compress.prune.steps {k}", 0, 1e16)
     if ctx.get("sparsity") is not None:  # --sparsity-epochs: reported again on resume
         sparsity = dict_of(ctx["sparsity"], "state.compress.sparsity")
         integer(sparsity.get("epochs"), "state.compress.sparsity.epochs", 0, MAX_EPOCHS)
@@ -231,9 +244,10 @@ def check_compress_context(ctx: dict) -> None:
 
 
 @contextlib.contextmanager
-def _compress_progress(n_stages: int, epochs: int, sparsity_epochs: int = 0):
+def _compress_progress(n_stages: int, epochs: int, sparsity_epochs: int = 0, step_epochs: int = 0):
     """Callbacks for compress: a bar over the stages (a line per finished stage), and bars for the
-    calibration images, the sparsity-training epochs and the fine-tuning epochs/steps, added when
+    calibration images, the sparsity-training epochs, the fine-tuning after each progressive
+    pruning step, and the fine-tuning epochs/steps, added when
     those stages start."""
     with progress() as bar:
         stage_bar = bar.add_task("compress", total=n_stages, info="")
@@ -267,15 +281,17 @@ def _compress_progress(n_stages: int, epochs: int, sparsity_epochs: int = 0):
                                   f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)", highlight=False)
             bar.reset(task("steps", "  steps", 1), total=1, info="")
 
-        def on_sparsity_epoch(e):
-            bar.update(task("sparsify", "  sparsity training", sparsity_epochs), completed=e.epoch,
+        def on_stage_epoch(name: str, e):  # "sparsify" or "step K" (progressive pruning)
+            label, total = ("sparsity training", sparsity_epochs) if name == "sparsify" else \
+                (f"fine-tune after {name}", step_epochs)
+            bar.update(task(name, f"  {label}", total), completed=e.epoch,
                        info=f"epoch {e.epoch}: eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)")
             if not bar.console.is_terminal:
-                bar.console.print(f"sparsity training epoch {e.epoch}/{sparsity_epochs}: loss {e.train_loss:.3f}, "
+                bar.console.print(f"{label} epoch {e.epoch}/{total}: loss {e.train_loss:.3f}, "
                                   f"eval {100 * e.eval_accuracy:.1f}% ({e.seconds:.0f}s)", highlight=False)
 
         yield {"on_stage": on_stage, "on_progress": on_progress, "on_step": on_step, "on_epoch": on_epoch,
-               "on_sparsity_epoch": on_sparsity_epoch}
+               "on_stage_epoch": on_stage_epoch}
 
 
 def _render(r, out: Path, report: Path) -> None:

@@ -11,7 +11,7 @@ import logging
 import math
 import warnings
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +52,7 @@ class PruneConfig:
     round_to_target: str = "cpu"
     round_to_reason: str | None = None   # set when round_to was "auto"
     target_latency: object | None = None  # latency.LatencyTarget
+    steps: int = COMPRESS.prune_steps  # > 1: progressive pruning (prune_model's between_steps fine-tunes)
 
     def __post_init__(self):
         self._resolve_round_to()
@@ -70,6 +71,8 @@ class PruneConfig:
             raise ConfigError(f"--scope must be local or global, got {self.scope!r}")
         if self.taylor_batches < 1:
             raise ConfigError(f"taylor_batches must be >= 1, got {self.taylor_batches}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
+            raise ConfigError(f"--prune-steps must be an integer from 1 (one shot) to 100, got {self.steps!r}")
         if self.target_latency is not None and self.target_macs is not None:
             raise ConfigError("pass either --target-macs or --target-latency-ms, not both")
 
@@ -103,6 +106,7 @@ class PruneReport:
     search: list[dict] = field(default_factory=list)  # --target-macs / --target-latency-ms trials
     round_to_reason: str | None = None                 # --round-to auto: what was chosen and why
     target_latency: dict | None = None                 # --target-latency-ms: the target and how it was timed
+    steps: list[dict] = field(default_factory=list)    # progressive pruning: each step's ratio, MACs, fine-tuning
 
     @property
     def macs_fraction(self) -> float:
@@ -178,6 +182,34 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
                 ratio: float, seed: int) -> None:
     if cfg.scope == "local":
         _check_not_emptied(model, ratio)
+    _make_pruner(model, criterion, example_inputs, cfg, ratio, seed, steps=1).step()
+
+
+def _prune_in_steps(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig, ratio: float,
+                    seed: int, calib: Iterable | None, between_steps: Callable[[int], dict] | None) -> list[dict]:
+    """Progressive pruning: one torch-pruning pruner with `cfg.steps` iterative steps, whose
+    targets are fractions of the ORIGINAL widths (so the last step lands on the one-shot widths),
+    ranking again at every step on the weights fine-tuned since; `between_steps(k)` fine-tunes
+    after step k < steps and returns what to record of it."""
+    if cfg.scope == "local":
+        _check_not_emptied(model, ratio)
+    pruner = _make_pruner(model, criterion, example_inputs, cfg, ratio, seed, steps=cfg.steps)
+    record = []
+    for k in range(1, cfg.steps + 1):
+        if k > 1 and criterion in NEEDS_GRADIENTS:
+            _accumulate_gradients(model, calib, cfg.taylor_batches)
+        model.eval()
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        row = {"step": k, "ratio": ratio * k / cfg.steps, "macs": _macs(model, example_inputs)[0]}
+        if k < cfg.steps and between_steps is not None:
+            row.update(between_steps(k))
+        record.append(row)
+    return record
+
+
+def _make_pruner(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig, ratio: float,
+                 seed: int, steps: int) -> "_Pruner":
     ignored = [classifier_of(model)] + [squeeze_layer(se) for se in attention_blocks(model).values()]
     with warnings.catch_warnings():
         # Parameters outside torch-pruning's layer types (ConvNeXt's layer_scale [C,1,1], timm's
@@ -185,10 +217,10 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
         # torch-pruning warns about each, but the checkpoint records their new shapes, so the
         # user has nothing to act on.
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        pruner = _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
-                         pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
-                         ignored_layers=ignored)  # SE fc1: keep the SE bottleneck at C/16 if SE stays
-    pruner.step()
+        return _Pruner(model, example_inputs, importance=create_criterion(criterion, model, seed),
+                       pruning_ratio=ratio, global_pruning=cfg.scope == "global", round_to=cfg.round_to,
+                       ignored_layers=ignored,  # SE fc1: keep the SE bottleneck at C/16 if SE stays
+                       iterative_steps=steps)
 
 
 def _macs(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
@@ -251,8 +283,10 @@ def _verify(model: nn.Module, example_inputs: torch.Tensor, out_shape: torch.Siz
 
 
 def prune_model(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig,
-                calib: Iterable | None = None, seed: int = 0) -> PruneReport:
-    """Prune `model` in place, one shot, and check the result (forward, shape, widths).
+                calib: Iterable | None = None, seed: int = 0,
+                between_steps: Callable[[int], dict] | None = None) -> PruneReport:
+    """Prune `model` in place, one shot (or in `cfg.steps` steps, `between_steps(k)` fine-tuning
+    after each but the last), and check the result (forward, shape, widths).
 
     `example_inputs`: one batch [1,3,S,S] on the model's device (for tracing and MAC counts).
     `calib`: (images, labels) batches, needed by gradient criteria (taylor).
@@ -277,7 +311,11 @@ def prune_model(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
 
         ratio, search = search_latency(model, lambda m, r: _prune_trial(m, criterion, example_inputs, cfg, r, seed),
                                        example_inputs, cfg.target_latency, macs0)
-    _prune_once(model, criterion, example_inputs, cfg, ratio, seed)
+    steps = []
+    if cfg.steps > 1:
+        steps = _prune_in_steps(model, criterion, example_inputs, cfg, ratio, seed, calib, between_steps)
+    else:
+        _prune_once(model, criterion, example_inputs, cfg, ratio, seed)
     model.zero_grad(set_to_none=True)
     _verify(model, example_inputs, out_shape)
     macs1, params1 = _macs(model, example_inputs)
@@ -286,7 +324,8 @@ def prune_model(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
              macs0, macs1, params0, params1)
     return PruneReport(criterion, ratio, cfg.scope, cfg.round_to, cfg.target_macs, params0, params1,
                        macs0, macs1, widths0, conv_widths(model), time.perf_counter() - t0, search,
-                       cfg.round_to_reason, cfg.target_latency.describe() if cfg.target_latency is not None else None)
+                       cfg.round_to_reason, cfg.target_latency.describe() if cfg.target_latency is not None else None,
+                       steps)
 
 
 def _prune_trial(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig, ratio: float,

@@ -1,4 +1,5 @@
-"""Issue 11: the optional sparsity-training stage before pruning (`compress --sparsity-epochs`)."""
+"""Issue 11: the optional stages around pruning: sparsity training before it
+(`compress --sparsity-epochs`) and progressive pruning (`compress --prune-steps`)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from rtdeploy.compress import CompressConfig
 from rtdeploy.errors import ConfigError
 from rtdeploy.fields import FieldError
 from rtdeploy.models import create_model
-from rtdeploy.prune import classifier_of, sparsity_regularizer
+from rtdeploy.prune import PruneConfig, classifier_of, conv_widths, prune_model, sparsity_regularizer
 from rtdeploy.train import TrainConfig
 from rtdeploy.train.job import run_training
 
@@ -120,4 +121,62 @@ def test_bad_sparsity_flags_are_one_line_exit_2(trained, tmp_path, capsys, flag,
 def test_damaged_sparsity_record_in_a_resume_file_is_refused(sparsity):
     ctx = {"fold": None, "prune": {"ratio": 0.7}, "accuracy": {}, "seconds": {}, "rows": [], "sparsity": sparsity}
     with pytest.raises(FieldError, match="state.compress.sparsity"):
+        check_compress_context(ctx)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+def test_progressive_pruning_lands_on_the_one_shot_widths(criterion):
+    """Steps target fractions of the original widths, so the last one gives the one-shot widths;
+    the fine-tuning callback runs after every step but the last; taylor takes fresh gradients."""
+    torch.manual_seed(0)
+    one, steps = create_model("tiny", 3), create_model("tiny", 3)
+    steps.load_state_dict(one.state_dict())
+    x, y = torch.randn(8, 3, IMG, IMG), torch.randint(0, 3, (8,))
+    calib = [(x, y)] * 2
+    example = torch.zeros(1, 3, IMG, IMG)
+    prune_model(one, criterion, example, PruneConfig(ratio=0.6, round_to=1), calib=calib)
+    seen = []
+    report = prune_model(steps, criterion, example, PruneConfig(ratio=0.6, round_to=1, steps=3), calib=calib,
+                         between_steps=lambda k: seen.append(k) or {"epochs": 1})
+    assert seen == [1, 2]
+    assert conv_widths(steps) == conv_widths(one)
+    assert [round(s["ratio"], 6) for s in report.steps] == [0.2, 0.4, 0.6]
+    macs = [s["macs"] for s in report.steps]
+    assert macs[0] > macs[1] > macs[2] == report.macs_after
+
+
+def test_progressive_compress_records_each_step(trained, tmp_path, capsys):
+    data, ckpt = trained
+    base = ["compress", str(ckpt), "--data", str(data), "--epochs", "1", "--batch-size", "8", "--seed", "2"]
+    assert main([*base, "--out", str(tmp_path / "p.pt"), "--prune-steps", "3", "--step-epochs", "1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "o.pt")]) == 0
+    capsys.readouterr()
+    prog, once = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("p", "o"))
+    assert [s["step"] for s in prog["prune"]["steps"]] == [1, 2, 3] and once["prune"]["steps"] == []
+    assert all(s["epochs"] == 1 and s["seconds"] > 0 for s in prog["prune"]["steps"][:2])
+    assert prog["prune"]["widths_after"] == once["prune"]["widths_after"] and prog["macs"] == once["macs"]
+    assert prog["settings"]["prune"]["steps"] == 3 and prog["settings"]["step_epochs"] == 1
+
+
+@pytest.mark.parametrize("flag,value", [("--prune-steps", "0"), ("--prune-steps", "101"), ("--prune-steps", "2.5"),
+                                        ("--step-epochs", "0")])
+def test_bad_progressive_flags_are_one_line_exit_2(trained, tmp_path, capsys, flag, value):
+    data, ckpt = trained
+    code = main(["compress", str(ckpt), "--data", str(data), "--out", str(tmp_path / "p.pt"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("steps", [0, 101, 2.0, True])
+def test_library_refuses_bad_prune_steps(steps):
+    with pytest.raises(ConfigError, match="--prune-steps"):
+        PruneConfig(steps=steps)
+
+
+@pytest.mark.parametrize("steps", ["x", [{"step": 0, "ratio": 0.1}], [{"step": 1, "ratio": float("nan")}],
+                                   [{"step": 1, "macs": "many"}]])
+def test_damaged_progressive_record_in_a_resume_file_is_refused(steps):
+    ctx = {"fold": None, "prune": {"ratio": 0.7, "steps": steps}, "accuracy": {}, "seconds": {}, "rows": []}
+    with pytest.raises(FieldError, match="state.compress.prune.steps"):
         check_compress_context(ctx)
