@@ -149,6 +149,12 @@ def _read(runs: Path, name: str) -> dict | None:
     return json.loads(f.read_text()) if f.exists() else None
 
 
+def _training_seconds(report: dict) -> float:
+    """All the training compress did: fine-tuning, plus sparsity training and the fine-tuning
+    between progressive pruning steps when those options ran."""
+    return sum(report["seconds"].get(k, 0.0) for k in ("finetune", "step_finetune", "sparsify"))
+
+
 def collect(args, runs: Path) -> dict:
     seeds = common.seeds(args)
     rows: dict[str, dict] = {}
@@ -173,8 +179,8 @@ def collect(args, runs: Path) -> dict:
             parent = [p["test_accuracy"] for _, _, p in got]
             rows[key] = {"label": label, "seeds": [s for s, _, _ in got], "test": test, "parent": parent,
                          "vs_parent": common.paired(test, parent),
-                         "seconds": [c["seconds"]["finetune"] for _, c, _ in got],
-                         "time_vs_parent": [c["seconds"]["finetune"] / p["seconds"] for _, c, p in got],
+                         "seconds": [_training_seconds(c) for _, c, _ in got],
+                         "time_vs_parent": [_training_seconds(c) / p["seconds"] for _, c, p in got],
                          "criterion": got[0][1]["criterion"], "ratio": got[0][1]["ratio"],
                          "macs": got[0][1]["macs"]["after"], "params": got[0][1]["params"]["after"],
                          "macs_before": got[0][1]["macs"]["before"],

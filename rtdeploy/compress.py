@@ -31,7 +31,7 @@ from .names import show
 from .models.complexity import count_macs_params
 from .prune.support import check_prunable
 from .prune import (FoldError, FoldReport, PruneConfig, PruneReport, check_criterion, check_model_for, check_ratio,
-                    check_sparsity, clear_attention_marks, fold_attention, fold_plan, prune_model, regularizer_name,
+                    check_sparsity, check_sparsity_model, clear_attention_marks, fold_attention, fold_plan, prune_model, regularizer_name,
                     sparsity_regularizer)
 from .train import Distilled, TrainConfig, create_loss, fit, resolve_device
 from .train.loop import split_accuracy
@@ -161,6 +161,8 @@ def preflight(ckpt_path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, Mo
     if cfg.criterion == "cap":
         fold_plan(model)  # FoldError names the SE block without a BatchNorm before it
     check_ratio(model, cfg.prune)
+    if cfg.sparsity_epochs:
+        check_sparsity_model(model, cfg.criterion)
     check_prunable(model, cfg.prune, meta.img_size, meta.arch)  # UnprunableError says why, before any work
     return model, meta
 
@@ -279,6 +281,11 @@ def _prune(run: _Run, model: nn.Module, on_stage_epoch=None) -> PruneReport:
                              between_steps=between)
         clear_attention_marks(model)
         ev.detail = f"ratio {report.ratio:.3g}: MACs x{report.macs_fraction:.3f}"
+    if report.steps:  # the fine-tuning between steps is fine-tuning: its own line in the timings
+        tuned = sum(s.get("seconds", 0.0) for s in report.steps)
+        run.stages.seconds["prune"] -= tuned
+        report.seconds -= tuned
+        run.stages.seconds["step_finetune"] = tuned
     return report
 
 
@@ -321,6 +328,11 @@ def _settings_key(cfg: CompressConfig) -> str:
     """Everything that must match for --resume to continue the same run (device/workers may change)."""
     settings = asdict(cfg)
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("device", "workers")}
+    # Settings added later are left out while unused, so a '.last' written before them still resumes.
+    if not cfg.sparsity_epochs:
+        del settings["sparsity_epochs"], settings["sparsity_reg"]
+    if cfg.prune.steps == 1:
+        del settings["prune"]["steps"], settings["step_epochs"]
     return json.dumps(settings, sort_keys=True, default=str)
 
 

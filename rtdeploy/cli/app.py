@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import typer
 
@@ -48,9 +49,32 @@ INTERRUPTED_RANK = ("interrupted (stopped, or stopped by torchrun because anothe
 
 
 def _interrupted() -> str:
-    if _command not in _RESUMABLE:
+    if not _resumable():
         return INTERRUPTED_NO_RESUME
     return INTERRUPTED_RANK if _under_torchrun() else INTERRUPTED
+
+
+_resume_file: tuple[str, float] | None = None  # train/compress: the '.last' this run writes, and its start
+
+
+def expect_resume_file(path, resuming: bool) -> None:
+    """train/compress: where this run's '<out>.last' will appear. Interrupted before it exists (data
+    loading, SE capture, sparsity training, progressive pruning's steps: minutes can pass before
+    the first epoch of the final training), the run has nothing to resume from, and says so."""
+    global _resume_file
+    _resume_file = None if resuming else (str(path), time.time())
+
+
+def _resumable() -> bool:
+    if _command not in _RESUMABLE:
+        return False
+    if _resume_file is None:  # continuing with --resume: that file is still intact
+        return True
+    path, since = _resume_file
+    try:  # a '.last' left by an earlier run (replaced with --force) is not this run's
+        return os.stat(path).st_mtime >= since - 2.0  # 2 s: coarse file-system timestamps
+    except OSError:
+        return False
 
 
 def _under_torchrun() -> bool:
@@ -156,7 +180,8 @@ def _install_warning_line() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _command
+    global _command, _resume_file
+    _resume_file = None
     signal.signal(signal.SIGTERM, _on_sigterm)
     _install_warning_line()
     _command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)

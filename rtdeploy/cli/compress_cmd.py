@@ -139,6 +139,9 @@ def compress(
     report_flag = "--report" if report is not None else "--out (its report '<out stem>.json')"
     report = report or check_file_name("--out", out).with_suffix(".json")
     _plan(ckpt, out, (report_flag, report), data, resume, force)
+    from .app import expect_resume_file  # app imports this module: not at the top
+
+    expect_resume_file(Path(f"{out}.last"), resuming=resume is not None)  # checkpoint.resume_path's name
     resume_state = _check_resume(resume) if resume is not None else None
 
     # The pruning stack loads only now: torch-pruning brings timm, torchvision and torch._dynamo
@@ -229,7 +232,9 @@ def check_compress_context(ctx: dict) -> None:
         number(sparsity.get("reg"), "state.compress.sparsity.reg", 0, 1)
         text(sparsity.get("regularizer"), "state.compress.sparsity.regularizer")
         for k, v in sparsity.items():  # the rest goes into the JSON report as it is
-            if not (v is None or isinstance(v, (str, int, float))) or (isinstance(v, float) and not math.isfinite(v)):
+            if isinstance(v, str):
+                text(v, f"state.compress.sparsity.{k}", limit=200)
+            elif not (v is None or isinstance(v, (int, float))) or (isinstance(v, float) and not math.isfinite(v)):
                 raise FieldError(f"state.compress.sparsity.{k}", "a finite number, a text or null", v)
     for k, v in ctx["accuracy"].items():
         if v is not None:

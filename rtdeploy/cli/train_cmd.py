@@ -71,6 +71,9 @@ def train(
     img_size, epochs = r.img_size, r.epochs
     create_model(arch, 2)  # unknown --arch fails now, before images are decoded
     _plan_train(out, data, resume, force)
+    from .app import expect_resume_file  # app imports this module: not at the top
+
+    expect_resume_file(Path(f"{out}.last"), resuming=resume is not None)  # checkpoint.resume_path's name
     if resume is not None:  # exists, loads, holds training state for this --arch: before decoding
         check_resume(resume, arch, cfg, img_size)
     setup_distributed(device)  # under torchrun: join the job (gloo on CPU, NCCL on CUDA)

@@ -343,6 +343,17 @@ def attention_scale(bn: nn.Module) -> tuple[torch.Tensor | None, bool]:
     return getattr(bn, RANK_ATTR, None), False
 
 
+def carry_attention_marks(bn: nn.Module, removed) -> None:
+    """Drop the s_bar entries of the channels a pruning step removes from `bn` (torch-pruning
+    slices BatchNorm's own tensors, not these buffers): progressive pruning ranks again."""
+    for name in (ATTENTION_ATTR, RANK_ATTR):
+        mark = bn._buffers.get(name)
+        if mark is not None and mark.numel() == bn.weight.numel():
+            keep = torch.ones(mark.numel(), dtype=torch.bool, device=mark.device)
+            keep[torch.as_tensor(list(removed), dtype=torch.long, device=mark.device)] = False
+            bn._buffers[name] = mark[keep]
+
+
 def clear_attention_marks(model: nn.Module) -> None:
     """Drop the s_bar buffers once ranking is done (pruning does not slice them)."""
     for m in model.modules():

@@ -25,6 +25,7 @@ from ..models.complexity import count_macs_params
 from ..models.layers import attention_blocks
 from ..models.se_kinds import squeeze_layer
 from .criteria import NEEDS_GRADIENTS, check_criterion, create_criterion
+from .fold import carry_attention_marks
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ class PruneConfig:
             raise ConfigError(f"taylor_batches must be >= 1, got {self.taylor_batches}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
             raise ConfigError(f"--prune-steps must be an integer from 1 (one shot) to 100, got {self.steps!r}")
+        if self.steps > 1 and self.scope == "global" and (self.target_macs is not None or self.target_latency is not None):
+            # the target's ratio is searched with one-shot trials; a global ranking redone after
+            # fine-tuning between steps ends at other widths, so the target would not hold
+            raise ConfigError("--prune-steps above 1 with --scope global cannot promise --target-macs or "
+                              "--target-latency-ms; use --scope local (its widths do not depend on the ranking) "
+                              "or --prune-steps 1")
         if self.target_latency is not None and self.target_macs is not None:
             raise ConfigError("pass either --target-macs or --target-latency-ms, not both")
 
@@ -188,9 +195,10 @@ def _prune_once(model: nn.Module, criterion: str, example_inputs: torch.Tensor, 
 def _prune_in_steps(model: nn.Module, criterion: str, example_inputs: torch.Tensor, cfg: PruneConfig, ratio: float,
                     seed: int, calib: Iterable | None, between_steps: Callable[[int], dict] | None) -> list[dict]:
     """Progressive pruning: one torch-pruning pruner with `cfg.steps` iterative steps, whose
-    targets are fractions of the ORIGINAL widths (so the last step lands on the one-shot widths),
-    ranking again at every step on the weights fine-tuned since; `between_steps(k)` fine-tunes
-    after step k < steps and returns what to record of it."""
+    targets are fractions of the ORIGINAL widths (so with --scope local the last step lands on the
+    one-shot widths; a global ranking may end elsewhere), ranking again at every step on the
+    weights fine-tuned since; `between_steps(k)` fine-tunes after step k < steps and returns what
+    to record of it."""
     if cfg.scope == "local":
         _check_not_emptied(model, ratio)
     pruner = _make_pruner(model, criterion, example_inputs, cfg, ratio, seed, steps=cfg.steps)
@@ -199,7 +207,11 @@ def _prune_in_steps(model: nn.Module, criterion: str, example_inputs: torch.Tens
         if k > 1 and criterion in NEEDS_GRADIENTS:
             _accumulate_gradients(model, calib, cfg.taylor_batches)
         model.eval()
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            for dep, idxs in group:  # CAP's/bn's s_bar buffers follow their BatchNorm's channels
+                if dep.handler == tp.prune_batchnorm_out_channels:
+                    carry_attention_marks(dep.target.module, idxs)
+            group.prune()
         model.zero_grad(set_to_none=True)
         row = {"step": k, "ratio": ratio * k / cfg.steps, "macs": _macs(model, example_inputs)[0]}
         if k < cfg.steps and between_steps is not None:

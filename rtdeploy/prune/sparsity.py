@@ -38,6 +38,13 @@ def check_sparsity(epochs: int, reg: float) -> None:
         raise ConfigError(f"--sparsity-reg must be a finite number > 0, got {reg!r}")
 
 
+def check_sparsity_model(model: nn.Module, criterion: str) -> None:
+    """cap/bn penalise BatchNorm scales: a model without BatchNorm is refused before any work."""
+    if criterion in BN_CRITERIA and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"--sparsity-epochs with --criterion {criterion} penalises BatchNorm scales, and the model "
+                          "has no BatchNorm; pass --criterion l1 (its penalty is group lasso on the weights)")
+
+
 def sparsity_regularizer(model: nn.Module, criterion: str, example_inputs: torch.Tensor,
                          reg: float) -> Callable[[nn.Module], None]:
     """`regularize(model)`: add the penalty's gradient for `criterion` to the model's .grad.
@@ -49,10 +56,8 @@ def sparsity_regularizer(model: nn.Module, criterion: str, example_inputs: torch
     model.eval()  # tracing runs a forward: BatchNorm statistics stay as they are
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        check_sparsity_model(model, criterion)
         if criterion in BN_CRITERIA:
-            if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-                raise ConfigError(f"--sparsity-epochs with --criterion {criterion} penalises BatchNorm scales, "
-                                  "and the model has no BatchNorm; use another criterion (group lasso)")
             pruner = tp.pruner.BNScalePruner(model, example_inputs, importance=tp.importance.BNScaleImportance(),
                                              reg=reg, ignored_layers=ignored)
         else:
