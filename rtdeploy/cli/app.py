@@ -180,8 +180,16 @@ def _install_warning_line() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _command, _resume_file
+    global _resume_file
     _resume_file = None
+    try:
+        return _main(argv)
+    finally:  # in-process callers (the tests, the Python API's users) run commands one after another
+        _resume_file = None
+
+
+def _main(argv: list[str] | None) -> int:
+    global _command
     signal.signal(signal.SIGTERM, _on_sigterm)
     _install_warning_line()
     _command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
