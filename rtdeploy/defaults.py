@@ -20,7 +20,8 @@ Recipes (`--recipe`):
   augmentation, kept epoch chosen on the parent's validation split. A pruned training step
   costs ~10 % of an unpruned one at ratio 0.7 on a CPU, but a whole epoch (data, validation,
   the resume file) ~15 %, so the 150 epochs cost ~0.25 of the parent's 100 on a 2-core CPU at
-  32 px (benchmarks/results/defaults_cpu/). It was the best of the fine-tuning variants explored (one seed:
+  32 px (benchmarks/results/defaults_cpu/) and a projected 0.20-0.23 at 64 px
+  (benchmarks/results/epoch_cost.md). It was the best of the fine-tuning variants explored (one seed:
   +2.5 points over its parent, where the paper's 30 epochs at lr 0.01 lose 3-5). Distillation
   from the parent (36 epochs, a similar CPU budget: each distilled step also runs the unpruned
   teacher, ~30 % of a training step) did no better there, so it stays an option (--distill).
