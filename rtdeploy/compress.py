@@ -77,8 +77,12 @@ class CompressConfig:
             check_criterion(self.criterion)
 
     def loss_fn(self) -> nn.Module:
-        base = create_loss(self.loss, r1=self.r1, r2=self.r2, label_smoothing=self.train.label_smoothing)
+        base = self.base_loss()
         return Distilled(base, self.kd_temperature, self.kd_weight) if self.distill else base
+
+    def base_loss(self) -> nn.Module:
+        """The fine-tuning loss without distillation (the training stages before the final one)."""
+        return create_loss(self.loss, r1=self.r1, r2=self.r2, label_smoothing=self.train.label_smoothing)
 
 
 AUTO_CRITERION = "auto"
@@ -254,7 +258,7 @@ def _sparsify(run: _Run, model: nn.Module, on_epoch) -> dict:
     with run.stages.run("sparsify", f"sparsity training, {cfg.sparsity_epochs} epochs ({name})") as ev:
         example = torch.zeros(1, 3, size, size, device=run.device)
         regularize = sparsity_regularizer(model.to(run.device), cfg.criterion, example, cfg.sparsity_reg)
-        loss = create_loss(cfg.loss, r1=cfg.r1, r2=cfg.r2, label_smoothing=cfg.train.label_smoothing)
+        loss = cfg.base_loss()
         # select "last": fit trains `model` itself and returns a copy of its last state
         _, tr = fit(model, run.splits.train, eval_ds, loss, replace(cfg.train, epochs=cfg.sparsity_epochs, select="last"),
                     on_epoch=on_epoch, regularize=regularize)
@@ -295,7 +299,7 @@ def _step_finetuner(run: _Run, model: nn.Module, on_stage_epoch):
     fine-tuning (report: prune.steps[].seconds)."""
     cfg = run.cfg
     eval_ds, _, _ = selection_split(run.splits, "last")
-    loss = create_loss(cfg.loss, r1=cfg.r1, r2=cfg.r2, label_smoothing=cfg.train.label_smoothing)
+    loss = cfg.base_loss()
 
     def between(k: int) -> dict:
         # its own seed per step: each step's fine-tuning sees other batches and augmentations
