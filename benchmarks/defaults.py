@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-VARIANTS = ("32px", "half")
+VARIANTS = ("32px", "half", "long80")
 
 
 @dataclass
@@ -44,7 +44,8 @@ def _args():
     p.add_argument("--jobs", type=int, default=1, help="commands run at once")
     p.add_argument("--criteria", default="bn,l1,l2,taylor,fpgm,lamp,random",
                    help="the other criteria, each at the default budget (default: all of them)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="32px and/or half (empty: none)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="32px, half and/or long80 (64 px, --ratio 0.8 "
+                   "with 225 fine-tuning epochs: the candidate ratio-aware length; empty: none)")
     p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
                    "benchmark itself uses the commands' default architecture")
     p.add_argument("--ran-on", default=None, help="with --collect-only: the machine the runs ran on, when it is "
@@ -112,6 +113,8 @@ def plan(args, runs: Path) -> list[Job]:
             half = _half(data, runs / "half_data")
             train(f"parenthalf_s{s}", half, "--seed", str(s))
             compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, "--seed", str(s))
+        if "long80" in variants:  # deeper pruning, fine-tuned in proportion: 150 x (1 - 0.7) / (1 - 0.8) epochs
+            compress(f"default80e225_s{s}", f"parent_s{s}", data, "--ratio", "0.8", "--epochs", "225", "--seed", str(s))
     return jobs
 
 
@@ -197,6 +200,8 @@ def collect(args, runs: Path) -> dict:
                   f"rtdeploy compress --recipe paper (on the paper parent){px}")
         for c in criteria:
             child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}")
+    child_row("compress80_e225", "default80e225", "parent",
+              "rtdeploy compress --ratio 0.8 --epochs 225 (candidate: fine-tuning epochs x (1 - 0.7) / (1 - ratio))")
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
     return rows
