@@ -41,9 +41,12 @@ from .train.selection import selection_split
 log = logging.getLogger(__name__)
 
 
-def finetune_defaults(recipe: CompressRecipe = COMPRESS) -> TrainConfig:
-    """The fine-tuning settings of a compress recipe (rtdeploy/defaults.py says why these)."""
-    return TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, momentum=recipe.momentum,
+def finetune_defaults(recipe: CompressRecipe = COMPRESS, prune: PruneConfig | None = None) -> TrainConfig:
+    """The fine-tuning settings of a compress recipe (rtdeploy/defaults.py says why these), their
+    length for `prune`'s ratio (the ratio-0.7 length when a MACs/latency target sets the ratio)."""
+    searched = prune is not None and (prune.target_macs is not None or prune.target_latency is not None)
+    ratio = prune.ratio if prune is not None and not searched else None
+    return TrainConfig(epochs=recipe.epochs_for(ratio), batch_size=recipe.batch_size, lr=recipe.lr, momentum=recipe.momentum,
                        weight_decay=recipe.weight_decay, label_smoothing=recipe.label_smoothing,
                        schedule=recipe.schedule, select=recipe.select)
 
@@ -55,7 +58,9 @@ class CompressConfig:
     loss: str = COMPRESS.loss
     r1: float = COMPRESS.r1
     r2: float = COMPRESS.r2
-    train: TrainConfig = field(default_factory=finetune_defaults)
+    # None: the recipe's fine-tuning, its length for prune.ratio, fixed at construction:
+    # dataclasses.replace(cfg, prune=...) keeps the old length unless it also passes train=None.
+    train: TrainConfig | None = None
     distill: bool = COMPRESS.distill  # beyond the paper: knowledge distillation from the unpruned model
     kd_temperature: float = COMPRESS.kd_temperature
     kd_weight: float = COMPRESS.kd_weight
@@ -65,6 +70,8 @@ class CompressConfig:
     step_epochs: int = COMPRESS.step_epochs  # with prune.steps > 1: fine-tuning epochs after each step but the last
 
     def __post_init__(self):
+        if self.train is None:
+            self.train = finetune_defaults(COMPRESS, self.prune)
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         self.loss_fn()  # --r1/--r2/--kd-* are checked where the losses are built
@@ -353,9 +360,33 @@ def _load_resume(path: str | Path, cfg: CompressConfig) -> tuple[nn.Module, dict
 def check_resume_settings(path: str | Path, state: dict, cfg: CompressConfig) -> None:
     """The '.last' state was written by a run with these settings (cfg after preflight, which
     resolves --criterion auto); the CLI calls this before decoding any image."""
-    if state.get("settings") != _settings_key(cfg):
-        raise ConfigError(f"--resume {show(path)} was made with other compress settings; repeat the same command "
-                          "with --resume added")
+    key = _settings_key(cfg)
+    if state.get("settings") != key:
+        diff = _setting_differences(state.get("settings"), key)
+        raise ConfigError(f"--resume {show(path)} was made with other compress settings{diff}; repeat the command "
+                          "that made it with --resume added")
+
+
+def _setting_differences(old, new: str, most: int = 3) -> str:
+    """' (train.epochs: 150 there, 225 now)': which settings differ, for the refusal; '' when the
+    stored key cannot be read (it comes from a file, so every shown value is bounded)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    try:
+        a, b = flat(json.loads(old)), flat(json.loads(new))
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        return ""
+    names = sorted(k for k in a.keys() | b.keys() if a.get(k, "unset") != b.get(k, "unset"))
+    def short(v) -> str:
+        text = show(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    shown = [f"{short(k)}: {short(a.get(k, 'unset'))} there, {short(b.get(k, 'unset'))} now" for k in names[:most]]
+    return f" ({'; '.join(shown)}{'; ...' if len(names) > most else ''})" if shown else ""
 
 
 def _prepare(run: _Run, model: nn.Module, on_progress, on_stage_epoch=None) -> dict:

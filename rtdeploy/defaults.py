@@ -25,6 +25,10 @@ Recipes (`--recipe`):
   +2.5 points over its parent, where the paper's 30 epochs at lr 0.01 lose 3-5). Distillation
   from the parent (36 epochs, a similar CPU budget: each distilled step also runs the unpruned
   teacher, ~30 % of a training step) did no better there, so it stays an option (--distill).
+  Deeper pruning fine-tunes longer: x (1 - 0.7) / (1 - ratio) epochs above 0.7, at most 3x
+  (225 at 0.8), because the issue's budget doubles there (0.5 of the parent) while a 0.8 epoch
+  costs ~0.8 of a 0.7 one; at 0.8 on UC Merced 64 px, 225 epochs beat 150 (see
+  benchmarks/results/defaults_cpu/defaults.md, rows "--epochs 225").
 - ``paper``: RemoteTrimmer's protocol exactly as rtdeploy ran it before round 2: 30 epochs,
   cosine lr 0.05, no augmentation, no validation split, the best epoch chosen on the TEST split
   (reports label it so); compress: CAP + AML, 30 epochs at cosine lr 0.01, no augmentation.
@@ -37,6 +41,7 @@ EXPORTER = "dynamo"  # torch's current ONNX exporter (torch.export + onnxscript)
 # ONNX opset of `export` per exporter: onnxscript's ops are opset 18 (its down-converter fails on
 # Reduce* below 18); 17 for the TorchScript exporter (ONNX Runtime >= 1.14, TensorRT >= 8.6)
 OPSETS = {"dynamo": 18, "torchscript": 17}
+EPOCH_SCALE_MAX = 3.0  # CompressRecipe.epochs_for: fine-tuning never grows past 3x the ratio-0.7 length
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,22 @@ class CompressRecipe:
     # of channels removed), fine-tuning `step_epochs` between steps; 1 = one shot (the paper's).
     prune_steps: int = 1
     step_epochs: int = 10
+    # Deeper pruning keeps less of the network and needs longer to recover, while each of its
+    # epochs costs less: above this ratio the fine-tuning epochs grow as (1 - it) / (1 - ratio),
+    # at most EPOCH_SCALE_MAX times (150 at 0.7, 225 at 0.8, 450 from 0.9). None: `epochs` at
+    # every ratio. An explicit --epochs is never scaled.
+    epochs_ratio: float | None = None
+
+    def epochs_for(self, ratio: float | None) -> int:
+        """Fine-tuning epochs when pruning to `ratio` (None: the ratio is searched for a MACs or
+        latency target and unknown beforehand, so `epochs`)."""
+        if ratio is not None and not 0 < ratio < 1:  # NaN fails too
+            from .errors import ConfigError
+
+            raise ConfigError(f"--ratio must be in (0, 1), got {ratio!r}")
+        if self.epochs_ratio is None or ratio is None or ratio <= self.epochs_ratio:
+            return self.epochs
+        return round(self.epochs * min(EPOCH_SCALE_MAX, (1 - self.epochs_ratio) / (1 - ratio)))
 
 
 TRAIN_RECIPES: dict[str, TrainRecipe] = {
@@ -104,7 +125,8 @@ TRAIN_RECIPES: dict[str, TrainRecipe] = {
 
 COMPRESS_RECIPES: dict[str, CompressRecipe] = {
     "default": CompressRecipe(criterion="auto", loss="aml", epochs=150, lr=0.05, schedule="onecycle",
-                              distill=False, augment=True, crop_scale=0.5, select="val"),
+                              distill=False, augment=True, crop_scale=0.5, select="val",
+                              epochs_ratio=0.7),
     "paper": CompressRecipe(criterion="cap", loss="aml", epochs=30, lr=0.01, schedule="cosine",
                             distill=False, augment=False, crop_scale=1.0, select="test"),
 }

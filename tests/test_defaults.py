@@ -1,6 +1,6 @@
 """Issue 11: one source of truth for defaults, the recipes, and the epoch-selection rule."""
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import pytest
 
@@ -109,3 +109,61 @@ def test_help_shows_the_recipe_defaults(cli):
     assert code == 0
     flat = "".join(out.replace("│", "").split())  # the help box wraps lines anywhere
     assert "150(paper:30)" in flat and "auto(paper:cap)" in flat and "0.05(paper:0.01)" in flat
+
+
+@pytest.mark.parametrize("ratio,epochs", [(None, 150), (0.3, 150), (0.7, 150), (0.8, 225), (0.85, 300),
+                                          (0.9, 450), (0.99, 450)])
+def test_deeper_pruning_fine_tunes_longer(ratio, epochs):
+    """150 x (1 - 0.7) / (1 - ratio) above 0.7, at most 3x; None (a searched ratio): 150."""
+    assert COMPRESS_RECIPES["default"].epochs_for(ratio) == epochs
+    assert COMPRESS_RECIPES["paper"].epochs_for(ratio) == 30  # the paper's length at every ratio
+
+
+def test_library_fine_tuning_length_follows_the_ratio():
+    assert CompressConfig(prune=PruneConfig(ratio=0.8)).train.epochs == 225
+    assert CompressConfig(prune=PruneConfig(ratio=0.8, target_macs=0.1)).train.epochs == 150  # ratio searched
+    assert CompressConfig(prune=PruneConfig(ratio=0.8), train=TrainConfig(epochs=7)).train.epochs == 7
+
+
+@pytest.mark.parametrize("flags,epochs", [
+    ((), 150), (("--ratio", "0.8"), 225), (("--ratio", "0.8", "--epochs", "7"), 7), (("--target-macs", "0.2"), 150),
+    (("--recipe", "paper", "--ratio", "0.8"), 30), (("--ratio", "0.9", "--scope", "global"), 450),
+])
+def test_cli_fine_tuning_length_is_the_library_rule(cli, image_folder, tmp_path, monkeypatch, flags, epochs):
+    """The plain command's fine-tuning length at each ratio is the one the library picks."""
+    import rtdeploy.compress as compress_mod
+
+    data = image_folder(n_classes=3, per_class=8, size=24)
+    parent = tmp_path / "m.pt"
+    assert cli("train", "--data", data, "--arch", "tiny_se", "--img-size", 16, "--epochs", 1, "--out", parent)[0] == 0
+    seen = {}
+
+    def stop(ckpt, splits, cfg, **kw):
+        seen["epochs"] = cfg.train.epochs
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(compress_mod, "compress", stop)
+    code, _, err = cli("compress", parent, "--data", data, "--out", tmp_path / "p.pt", *flags)
+    assert code == 2 and "stopped by the test" in err and seen == {"epochs": epochs}
+
+
+def test_resume_refusal_names_the_settings_that_differ():
+    """A '.last' of a 0.8 run from before the ratio-aware length (150 epochs) names the difference."""
+    from rtdeploy.compress import _settings_key, check_resume_settings
+
+    before = replace(finetune_defaults(), epochs=150)
+    old = {"settings": _settings_key(CompressConfig(prune=PruneConfig(ratio=0.8), train=before))}
+    with pytest.raises(ConfigError, match=r"other compress settings \(train\.epochs: 150 there, 225 now\); repeat"):
+        check_resume_settings("m.pt.last", old, CompressConfig(prune=PruneConfig(ratio=0.8)))
+    check_resume_settings("m.pt.last", {"settings": _settings_key(CompressConfig())}, CompressConfig())  # same: fine
+    for damaged in (None, 5, "not json", json.dumps([1, 2]), json.dumps({"loss": "x" * 10_000, "a\nb": 1})):
+        with pytest.raises(ConfigError) as e:
+            check_resume_settings("m.pt.last", {"settings": damaged}, CompressConfig())
+        msg = str(e.value)
+        assert "other compress settings" in msg and len(msg) < 400 and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 1.5, -0.1, float("nan"), float("inf")])
+def test_epochs_for_refuses_ratios_outside_0_1(ratio):
+    with pytest.raises(ConfigError, match="--ratio must be in"):
+        COMPRESS_RECIPES["default"].epochs_for(ratio)
