@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-VARIANTS = ("32px", "half", "long80")
+VARIANTS = ("32px", "half", "e150")
 
 
 @dataclass
@@ -44,8 +44,8 @@ def _args():
     p.add_argument("--jobs", type=int, default=1, help="commands run at once")
     p.add_argument("--criteria", default="bn,l1,l2,taylor,fpgm,lamp,random",
                    help="the other criteria, each at the default budget (default: all of them)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="32px, half and/or long80 (64 px, --ratio 0.8 "
-                   "with 225 fine-tuning epochs: the candidate ratio-aware length; empty: none)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="32px, half and/or e150 (--ratio 0.8 --epochs "
+                   "150: the fine-tuning length before it followed the ratio; empty: none)")
     p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
                    "benchmark itself uses the commands' default architecture")
     p.add_argument("--ran-on", default=None, help="with --collect-only: the machine the runs ran on, when it is "
@@ -99,6 +99,8 @@ def plan(args, runs: Path) -> list[Job]:
         train(f"{parent}_s{s}", data, *seed, *train_extra)
         compress(f"default70{tag}_s{s}", f"{parent}_s{s}", data, *seed)
         compress(f"default80{tag}_s{s}", f"{parent}_s{s}", data, "--ratio", "0.8", *seed)
+        if "e150" in variants:  # the plain 0.8 run fine-tunes 225 epochs; this row is the old fixed 150
+            compress(f"default80e150{tag}_s{s}", f"{parent}_s{s}", data, "--ratio", "0.8", "--epochs", "150", *seed)
         if not args.skip_paper:
             train(f"{paper}_s{s}", data, "--recipe", "paper", *seed, *train_extra)
             compress(f"paper70{tag}_s{s}", f"{paper}_s{s}", data, "--recipe", "paper", *seed)
@@ -113,8 +115,6 @@ def plan(args, runs: Path) -> list[Job]:
             half = _half(data, runs / "half_data")
             train(f"parenthalf_s{s}", half, "--seed", str(s))
             compress(f"default70_half_s{s}", f"parenthalf_s{s}", half, "--seed", str(s))
-        if "long80" in variants:  # deeper pruning, fine-tuned in proportion: 150 x (1 - 0.7) / (1 - 0.8) epochs
-            compress(f"default80e225_s{s}", f"parent_s{s}", data, "--ratio", "0.8", "--epochs", "225", "--seed", str(s))
     return jobs
 
 
@@ -169,7 +169,8 @@ def collect(args, runs: Path) -> dict:
             rows[key] = {"label": label, "seeds": [s for s, _ in got],
                          "test": [r["test_accuracy"] for _, r in got], "seconds": [r["seconds"] for _, r in got],
                          "selected_on": got[0][1]["selected_on"], "macs": got[0][1]["macs"],
-                         "params": got[0][1]["params"], "kept_epoch": [r["best_epoch"] for _, r in got]}
+                         "params": got[0][1]["params"], "kept_epoch": [r["best_epoch"] for _, r in got],
+                         "epochs": sorted({r["epochs"] for _, r in got})}
 
     def child_row(key, prefix, parent_prefix, label):
         got = []
@@ -188,7 +189,8 @@ def collect(args, runs: Path) -> dict:
                          "macs": got[0][1]["macs"]["after"], "params": got[0][1]["params"]["after"],
                          "macs_before": got[0][1]["macs"]["before"],
                          "selected_on": got[0][1].get("selected_on", "test"),
-                         "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got]}
+                         "kept_epoch": [c["finetune"]["best_epoch"] for _, c, _ in got],
+                         "epochs": sorted({c["settings"]["train"]["epochs"] for _, c, _ in got})}
 
     criteria = [c for c in args.criteria.split(",") if c]
     for tag, parent, paper, px in (("", "parent", "paper", ""), ("_32px", "parent32", "paper32", " (32 px)")):
@@ -196,12 +198,12 @@ def collect(args, runs: Path) -> dict:
         parent_row(f"train_paper{tag}", paper, f"rtdeploy train --recipe paper{px}")
         child_row(f"compress70{tag}", f"default70{tag}", parent, f"rtdeploy compress (defaults, ratio 0.7){px}")
         child_row(f"compress80{tag}", f"default80{tag}", parent, f"rtdeploy compress --ratio 0.8{px}")
+        child_row(f"compress80_e150{tag}", f"default80e150{tag}", parent,
+                  f"rtdeploy compress --ratio 0.8 --epochs 150 (the length before it followed the ratio){px}")
         child_row(f"compress70_paper{tag}", f"paper70{tag}", paper,
                   f"rtdeploy compress --recipe paper (on the paper parent){px}")
         for c in criteria:
             child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}")
-    child_row("compress80_e225", "default80e225", "parent",
-              "rtdeploy compress --ratio 0.8 --epochs 225 (candidate: fine-tuning epochs x (1 - 0.7) / (1 - ratio))")
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
     return rows
@@ -217,8 +219,8 @@ def markdown(rows: dict, prov: dict) -> str:
              "fine-tuning stage's wall time over the parent's training time, same machine; comparable only where both "
              "ran under the same load.", "",
              "| command | seeds | kept by | test accuracy | vs parent | MACs | params | time vs parent, per seed | "
-             "kept epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "epochs | kept epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows.values():
         vs = ""
         if "vs_parent" in row:
@@ -229,7 +231,7 @@ def markdown(rows: dict, prov: dict) -> str:
         fewer = f" ({row['macs_before'] / row['macs']:.1f}x fewer)" if "macs_before" in row else ""
         lines.append(f"| {row['label']} | {', '.join(map(str, row['seeds']))} | {sel} | {common.pm(row['test'])} | "
                      f"{vs or '-'} | {row['macs'] / 1e6:.1f} M{fewer} | {row['params'] / 1e6:.2f} M | {t} | "
-                     f"{', '.join(str(e) for e in row['kept_epoch'])} |")
+                     f"{', '.join(map(str, row['epochs']))} | {', '.join(str(e) for e in row['kept_epoch'])} |")
     lines += ["", f"Command: `{prov['command']}`"]
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ from benchmarks import defaults as bench
 
 
 def _args(**kw) -> Namespace:
-    base = dict(device="cpu", quick=False, arch=None, data="D", variants="32px,long80", criteria="bn,l1",
+    base = dict(device="cpu", quick=False, arch=None, data="D", variants="32px,e150", criteria="bn,l1",
                 skip_paper=False, seeds="0,1")
     return Namespace(**{**base, **kw})
 
@@ -41,8 +41,9 @@ def test_plan_runs_the_plain_commands(tmp_path):
     assert _flags(jobs["bn70_32px_s1"])[1:] == ["--criterion", "bn", "--seed", "1"]
     assert _flags(jobs["parent32_s0"]) == ["--seed", "0", "--img-size", "32"]
     assert "--img-size" not in jobs["default70_32px_s0"].argv  # compress reads the size from its checkpoint
-    assert _flags(jobs["default80e225_s1"])[1:] == ["--ratio", "0.8", "--epochs", "225", "--seed", "1"]
-    assert jobs["default80e225_s1"].after == ["parent_s1"] and jobs["paper70_32px_s0"].after == ["paper32_s0"]
+    assert _flags(jobs["default80e150_s1"])[1:] == ["--ratio", "0.8", "--epochs", "150", "--seed", "1"]
+    assert "default80e150_32px_s0" in jobs
+    assert jobs["default80e150_s1"].after == ["parent_s1"] and jobs["paper70_32px_s0"].after == ["paper32_s0"]
     assert not any(n.startswith("parenthalf") for n in jobs)  # "half" not asked for
 
 
@@ -59,13 +60,14 @@ def _write(runs, name, payload):
 
 def _parent(acc, seconds):
     return {"test_accuracy": acc, "seconds": seconds, "selected_on": "validation split", "macs": 100e6,
-            "params": 11e6, "best_epoch": 100}
+            "params": 11e6, "best_epoch": 100, "epochs": 100}
 
 
 def _child(acc, seconds, **extra_seconds):
     return {"accuracy": {"finetuned": acc}, "seconds": {"finetune": seconds, **extra_seconds}, "criterion": "cap",
             "ratio": 0.7, "macs": {"before": 100e6, "after": 10e6}, "params": {"after": 1e6},
-            "selected_on": "validation split", "finetune": {"best_epoch": 150}}
+            "selected_on": "validation split", "finetune": {"best_epoch": 150},
+            "settings": {"train": {"epochs": 150}}}
 
 
 def test_collect_pairs_each_seed_with_its_own_parent(tmp_path):
@@ -80,8 +82,8 @@ def test_collect_pairs_each_seed_with_its_own_parent(tmp_path):
     assert c["vs_parent"]["diff"] == pytest.approx(-0.01) and c["vs_parent"]["n"] == 2
     assert c["time_vs_parent"] == pytest.approx([0.1, 0.2])  # sparsity + step fine-tuning count as training
     assert rows["compress80"]["seeds"] == [1] and rows["compress80"]["vs_parent"]["ci95"] == float("inf")
-    assert "train_paper" not in rows and "compress80_e225" not in rows  # nothing ran: no row
+    assert "train_paper" not in rows and "compress80_e150" not in rows  # nothing ran: no row
     md = bench.markdown(rows, {"machine": {"cpu": "X"}, "data": "D", "seeds": [0, 1], "settings": {"device": "cpu"},
                                "command": "python -m benchmarks.defaults"})
     assert "| rtdeploy compress (defaults, ratio 0.7) | 0, 1 |" in md and "10.0x fewer" in md
-    assert "-1.00 ± " in md and "0.100, 0.200" in md
+    assert "-1.00 ± " in md and "| 0.100, 0.200 | 150 | 150, 150 |" in md
