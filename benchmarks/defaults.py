@@ -170,7 +170,7 @@ def collect(args, runs: Path) -> dict:
                          "test": [r["test_accuracy"] for _, r in got], "seconds": [r["seconds"] for _, r in got],
                          "selected_on": got[0][1]["selected_on"], "macs": got[0][1]["macs"],
                          "params": got[0][1]["params"], "kept_epoch": [r["best_epoch"] for _, r in got],
-                         "epochs": sorted({r["epochs"] for _, r in got})}
+                         "epochs": sorted({r["config"]["epochs"] for _, r in got})}
 
     def child_row(key, prefix, parent_prefix, label):
         got = []

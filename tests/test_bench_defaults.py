@@ -60,7 +60,8 @@ def _write(runs, name, payload):
 
 def _parent(acc, seconds):
     return {"test_accuracy": acc, "seconds": seconds, "selected_on": "validation split", "macs": 100e6,
-            "params": 11e6, "best_epoch": 100, "epochs": 100}
+            "params": 11e6, "best_epoch": 100, "config": {"epochs": 100},
+            "epochs": [{"epoch": 1}]}
 
 
 def _child(acc, seconds, **extra_seconds):
