@@ -11,8 +11,8 @@ Recipes (`--recipe`):
   stratified validation split (10 % of each class) that selects the kept epoch (the test split
   is touched once, for the final report). Why: on UC Merced at 64 px (SE-ResNet18) the paper's
   protocol (30 epochs, cosine 0.05, no augmentation) reaches 67 % (selected on test); crops +
-  smoothing + one-cycle reach 82 % at 60 epochs and 84.7 % at 100 (3 seeds, selected on
-  validation). Scene datasets of a few thousand images keep 100 epochs at minutes to an hour on
+  smoothing + one-cycle reach 82 % at 60 epochs and at 100 84.7 % (H100) and 85.1 % (a 2-core
+  CPU), 3 seeds each, selected on validation. Scene datasets of a few thousand images keep 100 epochs at minutes to an hour on
   a CPU, and the augmentations are label-preserving for overhead imagery (no canonical
   orientation, scenes larger than the crop).
   Compressing: local ratio 0.7, widths rounded to 8, CAP where the model has foldable SE blocks
@@ -27,8 +27,9 @@ Recipes (`--recipe`):
   teacher, ~30 % of a training step) did no better there, so it stays an option (--distill).
   Deeper pruning fine-tunes longer: x (1 - 0.7) / (1 - ratio) epochs above 0.7, at most 3x
   (225 at 0.8), because the issue's budget doubles there (0.5 of the parent) while a 0.8 epoch
-  costs ~0.8 of a 0.7 one; at 0.8 on UC Merced 64 px, 225 epochs beat 150 (see
-  benchmarks/results/defaults_cpu/defaults.md, rows "--epochs 225").
+  costs 0.67-0.78 of a 0.7 one on a CPU; at 0.8 on UC Merced 64 px, 225 epochs beat 150 on all
+  three seeds (+1.53 points; 0.00 lost against the parent instead of 1.53:
+  benchmarks/results/defaults_cpu/defaults.md). 0.9 (450) is the rule's extrapolation, not measured.
 - ``paper``: RemoteTrimmer's protocol exactly as rtdeploy ran it before round 2: 30 epochs,
   cosine lr 0.05, no augmentation, no validation split, the best epoch chosen on the TEST split
   (reports label it so); compress: CAP + AML, 30 epochs at cosine lr 0.01, no augmentation.
