@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks import common
 
-VARIANTS = ("32px", "half", "e150")
+VARIANTS = ("32px", "half", "e150", "stages")
 
 
 @dataclass
@@ -44,8 +44,9 @@ def _args():
     p.add_argument("--jobs", type=int, default=1, help="commands run at once")
     p.add_argument("--criteria", default="bn,l1,l2,taylor,fpgm,lamp,random",
                    help="the other criteria, each at the default budget (default: all of them)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="32px, half and/or e150 (--ratio 0.8 --epochs "
-                   "150: the fine-tuning length before it followed the ratio; empty: none)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="32px, half, e150 (--ratio 0.8 --epochs "
+                   "150: the fine-tuning length before it followed the ratio) and/or stages (the optional "
+                   "--prune-steps 3 and --sparsity-epochs 10 on top of the defaults); empty: none")
     p.add_argument("--arch", default=None, help="only for smoke tests of this script (e.g. tiny_se): the "
                    "benchmark itself uses the commands' default architecture")
     p.add_argument("--ran-on", default=None, help="with --collect-only: the machine the runs ran on, when it is "
@@ -106,6 +107,9 @@ def plan(args, runs: Path) -> list[Job]:
             compress(f"paper70{tag}_s{s}", f"{paper}_s{s}", data, "--recipe", "paper", *seed)
         for c in criteria:
             compress(f"{c}70{tag}_s{s}", f"{parent}_s{s}", data, "--criterion", c, *seed)
+        if "stages" in variants:  # the optional stages around pruning, each on top of the defaults
+            compress(f"steps70{tag}_s{s}", f"{parent}_s{s}", data, "--prune-steps", "3", *seed)
+            compress(f"sparse70{tag}_s{s}", f"{parent}_s{s}", data, "--sparsity-epochs", "10", *seed)
 
     for s in common.seeds(args):
         table(s, "", "parent", "paper")
@@ -204,6 +208,8 @@ def collect(args, runs: Path) -> dict:
                   f"rtdeploy compress --recipe paper (on the paper parent){px}")
         for c in criteria:
             child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}")
+        child_row(f"steps{tag}", f"steps70{tag}", parent, f"rtdeploy compress --prune-steps 3 (+20 epochs between){px}")
+        child_row(f"sparse{tag}", f"sparse70{tag}", parent, f"rtdeploy compress --sparsity-epochs 10{px}")
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
     return rows
