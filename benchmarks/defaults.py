@@ -212,7 +212,22 @@ def collect(args, runs: Path) -> dict:
         child_row(f"sparse{tag}", f"sparse70{tag}", parent, f"rtdeploy compress --sparsity-epochs 10{px}")
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
+    _pair_with_defaults(rows)
     return rows
+
+
+def _pair_with_defaults(rows: dict) -> None:
+    """Each variant of the 0.7 defaults (another criterion, an optional stage) against the plain
+    `compress` of the same seeds and parents: the comparison the criteria table is about, paired
+    so the parents' seed-to-seed spread cancels."""
+    for key, row in rows.items():
+        base_key = "compress70" + ("_32px" if key.endswith("_32px") else "")
+        if not key.startswith(("criterion_", "steps", "sparse")) or base_key not in rows:
+            continue
+        base = dict(zip(rows[base_key]["seeds"], rows[base_key]["test"]))
+        both = [(row["test"][i], base[s]) for i, s in enumerate(row["seeds"]) if s in base]
+        if both:
+            row["vs_default"] = common.paired([a for a, _ in both], [b for _, b in both])
 
 
 def markdown(rows: dict, prov: dict) -> str:
@@ -224,22 +239,65 @@ def markdown(rows: dict, prov: dict) -> str:
              "seeds; 'vs parent' is the paired difference with its 95 % Student t half-width (inf: one seed). Time: the "
              "fine-tuning stage's wall time over the parent's training time, same machine; comparable only where both "
              "ran under the same load.", "",
-             "| command | seeds | kept by | test accuracy | vs parent | MACs | params | time vs parent, per seed | "
-             "epochs | kept epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| command | seeds | kept by | test accuracy | vs parent | vs plain compress, paired | MACs | params | "
+             "time vs parent, per seed | epochs | kept epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows.values():
-        vs = ""
-        if "vs_parent" in row:
-            d = row["vs_parent"]
-            vs = f"{100 * d['diff']:+.2f} ± {100 * d['ci95']:.2f}" + (" **outside noise**" if d["outside_noise"] else "")
+        vs, vs_default = _diff(row.get("vs_parent")), _diff(row.get("vs_default"))
         t = ", ".join(f"{r:.3f}" for r in row["time_vs_parent"]) if "time_vs_parent" in row else "-"
         sel = row["selected_on"] + (" (optimistic)" if row["selected_on"].startswith("test") else "")
         fewer = f" ({row['macs_before'] / row['macs']:.1f}x fewer)" if "macs_before" in row else ""
         lines.append(f"| {row['label']} | {', '.join(map(str, row['seeds']))} | {sel} | {common.pm(row['test'])} | "
-                     f"{vs or '-'} | {row['macs'] / 1e6:.1f} M{fewer} | {row['params'] / 1e6:.2f} M | {t} | "
+                     f"{vs} | {vs_default} | {row['macs'] / 1e6:.1f} M{fewer} | {row['params'] / 1e6:.2f} M | {t} | "
                      f"{', '.join(map(str, row['epochs']))} | {', '.join(str(e) for e in row['kept_epoch'])} |")
-    lines += ["", f"Command: `{prov['command']}`"]
+    lines += ["", "'vs plain compress, paired': a criterion or optional stage minus `rtdeploy compress` with no "
+              "flags (CAP + AML at 0.7) on the same seeds and parents; **outside noise** marks a 95 % interval "
+              "that excludes 0.", "", f"Command: `{prov['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _diff(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    return f"{100 * d['diff']:+.2f} ± {100 * d['ci95']:.2f}" + (" **outside noise**" if d["outside_noise"] else "")
+
+
+def plot(rows: dict, path: str) -> bool:
+    """Per setting, each seed's test accuracy for the plain commands and every criterion at 0.7,
+    with the parents' mean as a line: the criteria table at a glance. False: nothing to draw."""
+    panels = []
+    for tag, title in (("", "64 px"), ("_32px", "32 px")):
+        keys = [k for k in (f"compress70{tag}", *sorted(k for k in rows if k.startswith("criterion_")
+                                                          and k.endswith(tag) and (tag or not k.endswith("_32px"))))
+                if k in rows]
+        if keys and f"train{tag}" in rows:
+            panels.append((title, rows[f"train{tag}"], [(k, rows[k]) for k in keys]))
+    if not panels:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (title, parent, items) in zip(axes[0], panels):
+        seen = set()
+        for x, (key, row) in enumerate(items):
+            for s, t in zip(row["seeds"], row["test"]):  # a colour per seed: the pairing is visible
+                ax.scatter([x], [100 * t], s=18, color=f"C{2 + s % 8}", zorder=3,
+                           label=None if s in seen else f"seed {s}")
+                seen.add(s)
+            ax.hlines(100 * sum(row["test"]) / len(row["test"]), x - 0.3, x + 0.3, color="C1", lw=2)
+        ax.set_xlim(-0.7, len(items) - 0.3)
+        ax.axhline(100 * sum(parent["test"]) / len(parent["test"]), color="k", ls="--", lw=1, label="parent (mean)")
+        names = ["cap (plain)" if k.startswith("compress70") else k.split("_")[1] for k, _ in items]
+        ax.set_xticks(range(len(items)), names, rotation=30, ha="right")
+        ax.set_title(f"ratio 0.7, {title}: each seed, mean as a bar")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def main() -> None:
@@ -261,7 +319,9 @@ def main() -> None:
         first = next(iter(runs.glob("parent_s*.json")), None)
         prov["versions"] = json.loads(first.read_text())["versions"] if first else {}
     payload = {"provenance": prov, "rows": rows}
-    common.write_results(args, "defaults", payload, markdown(rows, prov))
+    stem = common.write_results(args, "defaults", payload, markdown(rows, prov))
+    if plot(rows, f"{stem}.png"):
+        common.log(f"wrote {stem}.png")
 
 
 if __name__ == "__main__":

@@ -88,3 +88,20 @@ def test_collect_pairs_each_seed_with_its_own_parent(tmp_path):
                                "command": "python -m benchmarks.defaults"})
     assert "| rtdeploy compress (defaults, ratio 0.7) | 0, 1 |" in md and "10.0x fewer" in md
     assert "-1.00 ± " in md and "| 0.100, 0.200 | 150 | 150, 150 |" in md
+
+
+def test_criteria_pair_with_the_plain_compress_of_the_same_seeds(tmp_path):
+    for s, acc in ((0, 0.80), (1, 0.90), (2, 0.85)):
+        _write(tmp_path, f"parent_s{s}", _parent(acc, 1000.0))
+        _write(tmp_path, f"default70_s{s}", _child(acc + 0.01, 100.0))
+    _write(tmp_path, "bn70_s1", _child(0.93, 100.0))  # seed 1 only: paired with default70_s1, not the mean
+    _write(tmp_path, "bn70_s2", _child(0.84, 100.0))
+    rows = bench.collect(_args(seeds="0,1,2"), tmp_path)
+    d = rows["criterion_bn"]["vs_default"]
+    assert d["n"] == 2 and d["diff"] == pytest.approx(((0.93 - 0.91) + (0.84 - 0.86)) / 2)
+    assert "vs_default" not in rows["compress70"] and "vs_default" not in rows["train"]
+    md = bench.markdown(rows, {"machine": {"cpu": "X"}, "data": "D", "seeds": [0, 1, 2],
+                               "settings": {"device": "cpu"}, "command": "python -m benchmarks.defaults"})
+    assert "| rtdeploy compress --criterion bn | 1, 2 | validation split | 88.50 ± 6.36 | " in md
+    assert bench.plot(rows, str(tmp_path / "d.png")) and (tmp_path / "d.png").stat().st_size > 0
+    assert not bench.plot({}, str(tmp_path / "none.png"))
