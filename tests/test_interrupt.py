@@ -138,3 +138,14 @@ def test_interrupted_compress_resumes_to_the_same_result(cli, data, tmp_path):
     code, _, err = cli(*_compress_cmd(base, data, tmp_path / "x.pt", "--resume", last, "--loss", "ce")[3:])
     assert code == 2 and "other compress settings" in err, err
     assert not (tmp_path / "x.pt").exists()
+    # A run stopped after its last epoch but while saving: its finished '.last' trains no more
+    # and writes the same pruned model and a report again (the README's troubleshooting row).
+    straight.unlink()
+    straight.with_suffix(".json").unlink()
+    with _one_thread():
+        code, _, err = cli(*_compress_cmd(base, data, straight, "--resume", f"{straight}.last")[3:])
+    assert code == 0, err
+    c, _ = load_checkpoint(straight)
+    for (k, va), vc in zip(a.state_dict().items(), c.state_dict().values()):
+        torch.testing.assert_close(va, vc, rtol=0, atol=0, msg=k)
+    assert straight.with_suffix(".json").exists()
