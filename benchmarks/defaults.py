@@ -176,7 +176,9 @@ def collect(args, runs: Path) -> dict:
                          "params": got[0][1]["params"], "kept_epoch": [r["best_epoch"] for _, r in got],
                          "epochs": sorted({r["config"]["epochs"] for _, r in got})}
 
-    def child_row(key, prefix, parent_prefix, label):
+    def child_row(key, prefix, parent_prefix, label, variant_of=None):
+        """`variant_of`: the plain compress row key this run varies (another criterion, an optional
+        stage), paired with it seed by seed; `name`, the criterion or stage, for the plot."""
         got = []
         for s in seeds:
             c, p = _read(runs, f"{prefix}_s{s}"), _read(runs, f"{parent_prefix}_s{s}")
@@ -186,6 +188,7 @@ def collect(args, runs: Path) -> dict:
             test = [c["accuracy"]["finetuned"] for _, c, _ in got]
             parent = [p["test_accuracy"] for _, _, p in got]
             rows[key] = {"label": label, "seeds": [s for s, _, _ in got], "test": test, "parent": parent,
+                         **({"variant_of": variant_of[0], "name": variant_of[1]} if variant_of else {}),
                          "vs_parent": common.paired(test, parent),
                          "seconds": [_training_seconds(c) for _, c, _ in got],
                          "time_vs_parent": [_training_seconds(c) / p["seconds"] for _, c, p in got],
@@ -207,9 +210,12 @@ def collect(args, runs: Path) -> dict:
         child_row(f"compress70_paper{tag}", f"paper70{tag}", paper,
                   f"rtdeploy compress --recipe paper (on the paper parent){px}")
         for c in criteria:
-            child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}")
-        child_row(f"steps{tag}", f"steps70{tag}", parent, f"rtdeploy compress --prune-steps 3 (+20 epochs between){px}")
-        child_row(f"sparse{tag}", f"sparse70{tag}", parent, f"rtdeploy compress --sparsity-epochs 10{px}")
+            child_row(f"criterion_{c}{tag}", f"{c}70{tag}", parent, f"rtdeploy compress --criterion {c}{px}",
+                      (f"compress70{tag}", c))
+        child_row(f"steps{tag}", f"steps70{tag}", parent, f"rtdeploy compress --prune-steps 3 (+20 epochs between){px}",
+                  (f"compress70{tag}", "steps"))
+        child_row(f"sparse{tag}", f"sparse70{tag}", parent, f"rtdeploy compress --sparsity-epochs 10{px}",
+                  (f"compress70{tag}", "sparse"))
     parent_row("train_half", "parenthalf", "rtdeploy train (half-size subset)")
     child_row("compress70_half", "default70_half", "parenthalf", "rtdeploy compress (half-size subset)")
     _pair_with_defaults(rows)
@@ -220,14 +226,14 @@ def _pair_with_defaults(rows: dict) -> None:
     """Each variant of the 0.7 defaults (another criterion, an optional stage) against the plain
     `compress` of the same seeds and parents: the comparison the criteria table is about, paired
     so the parents' seed-to-seed spread cancels."""
-    for key, row in rows.items():
-        base_key = "compress70" + ("_32px" if key.endswith("_32px") else "")
-        if not key.startswith(("criterion_", "steps", "sparse")) or base_key not in rows:
+    for row in rows.values():
+        if row.get("variant_of") not in rows:
             continue
-        base = dict(zip(rows[base_key]["seeds"], rows[base_key]["test"]))
-        both = [(row["test"][i], base[s]) for i, s in enumerate(row["seeds"]) if s in base]
+        base = dict(zip(rows[row["variant_of"]]["seeds"], rows[row["variant_of"]]["test"]))
+        both = [(s, t, base[s]) for s, t in zip(row["seeds"], row["test"]) if s in base]
         if both:
-            row["vs_default"] = common.paired([a for a, _ in both], [b for _, b in both])
+            row["vs_default"] = {**common.paired([t for _, t, _ in both], [b for _, _, b in both]),
+                                 "seeds": [s for s, _, _ in both]}
 
 
 def markdown(rows: dict, prov: dict) -> str:
@@ -244,6 +250,10 @@ def markdown(rows: dict, prov: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows.values():
         vs, vs_default = _diff(row.get("vs_parent")), _diff(row.get("vs_default"))
+        if "vs_default" in row and row["vs_default"]["seeds"] != row["seeds"]:  # fewer plain runs than this row's
+            vs_default += f" (seeds {', '.join(map(str, row['vs_default']['seeds']))})"
+        elif "variant_of" in row and "vs_default" not in row:
+            vs_default = "no plain compress on these seeds"
         t = ", ".join(f"{r:.3f}" for r in row["time_vs_parent"]) if "time_vs_parent" in row else "-"
         sel = row["selected_on"] + (" (optimistic)" if row["selected_on"].startswith("test") else "")
         fewer = f" ({row['macs_before'] / row['macs']:.1f}x fewer)" if "macs_before" in row else ""
@@ -263,35 +273,40 @@ def _diff(d: dict | None) -> str:
 
 
 def plot(rows: dict, path: str) -> bool:
-    """Per setting, each seed's test accuracy for the plain commands and every criterion at 0.7,
-    with the parents' mean as a line: the criteria table at a glance. False: nothing to draw."""
+    """Per image size, each seed's test accuracy for the plain compress and every criterion at 0.7,
+    with the parents' mean as a line: the criteria table at a glance. A size is drawn only with its
+    plain compress (the reference) and parents. False: nothing to draw."""
     panels = []
     for tag, title in (("", "64 px"), ("_32px", "32 px")):
-        keys = [k for k in (f"compress70{tag}", *sorted(k for k in rows if k.startswith("criterion_")
-                                                          and k.endswith(tag) and (tag or not k.endswith("_32px"))))
-                if k in rows]
-        if keys and f"train{tag}" in rows:
-            panels.append((title, rows[f"train{tag}"], [(k, rows[k]) for k in keys]))
+        base = f"compress70{tag}"
+        if base in rows and f"train{tag}" in rows:
+            items = [("cap (plain)", rows[base])] + [(r["name"], r) for k, r in rows.items()
+                                                     if k.startswith("criterion_") and r.get("variant_of") == base]
+            panels.append((title, rows[f"train{tag}"], items))
     if not panels:
         return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    seeds = sorted({s for _, _, items in panels for _, r in items for s in r["seeds"]})
+    slot = {s: i for i, s in enumerate(seeds)}  # a colour and a small x offset per seed: pairs stay visible
+    width = 0.5 / max(1, len(seeds))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (title, parent, items) in zip(axes[0], panels):
         seen = set()
-        for x, (key, row) in enumerate(items):
-            for s, t in zip(row["seeds"], row["test"]):  # a colour per seed: the pairing is visible
-                ax.scatter([x], [100 * t], s=18, color=f"C{2 + s % 8}", zorder=3,
-                           label=None if s in seen else f"seed {s}")
+        for x, (_, row) in enumerate(items):
+            for s, t in zip(row["seeds"], row["test"]):
+                i = slot[s]
+                ax.scatter([x + (i - (len(seeds) - 1) / 2) * width], [100 * t], s=18, color=f"C{2 + i % 8}",
+                           marker="os^D"[i // 8 % 4], zorder=3, label=None if s in seen else f"seed {s}")
                 seen.add(s)
-            ax.hlines(100 * sum(row["test"]) / len(row["test"]), x - 0.3, x + 0.3, color="C1", lw=2)
+            ax.hlines(100 * sum(row["test"]) / len(row["test"]), x - 0.3, x + 0.3, color="C1", lw=2,
+                      label="mean" if x == 0 else None)
         ax.set_xlim(-0.7, len(items) - 0.3)
         ax.axhline(100 * sum(parent["test"]) / len(parent["test"]), color="k", ls="--", lw=1, label="parent (mean)")
-        names = ["cap (plain)" if k.startswith("compress70") else k.split("_")[1] for k, _ in items]
-        ax.set_xticks(range(len(items)), names, rotation=30, ha="right")
-        ax.set_title(f"ratio 0.7, {title}: each seed, mean as a bar")
+        ax.set_xticks(range(len(items)), [name for name, _ in items], rotation=30, ha="right")
+        ax.set_title(f"ratio 0.7, {title}: each seed, and the mean")
         ax.set_ylabel("test accuracy (%)")
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -320,8 +335,13 @@ def main() -> None:
         prov["versions"] = json.loads(first.read_text())["versions"] if first else {}
     payload = {"provenance": prov, "rows": rows}
     stem = common.write_results(args, "defaults", payload, markdown(rows, prov))
-    if plot(rows, f"{stem}.png"):
-        common.log(f"wrote {stem}.png")
+    try:
+        drawn = plot(rows, f"{stem}.png")
+    except ImportError as e:  # matplotlib is the optional [plot] extra; the table is written already
+        common.log(f"no plot: {e} (pip install -e '.[plot]')")
+    else:
+        if drawn:
+            common.log(f"wrote {stem}.png")
 
 
 if __name__ == "__main__":

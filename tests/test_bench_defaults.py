@@ -105,3 +105,31 @@ def test_criteria_pair_with_the_plain_compress_of_the_same_seeds(tmp_path):
     assert "| rtdeploy compress --criterion bn | 1, 2 | validation split | 88.50 ± 6.36 | " in md
     assert bench.plot(rows, str(tmp_path / "d.png")) and (tmp_path / "d.png").stat().st_size > 0
     assert not bench.plot({}, str(tmp_path / "none.png"))
+
+
+def test_a_criterion_pairs_with_its_own_size_whatever_its_name(tmp_path):
+    """The baseline comes from how the row was made, not from its key: a criterion called
+    'foo_32px' at 64 px still pairs with the 64 px plain compress."""
+    for s in (0, 1):
+        _write(tmp_path, f"parent_s{s}", _parent(0.80, 1000.0))
+        _write(tmp_path, f"parent32_s{s}", _parent(0.50, 1000.0))
+        _write(tmp_path, f"default70_s{s}", _child(0.80, 100.0))
+        _write(tmp_path, f"default70_32px_s{s}", _child(0.50, 100.0))
+        _write(tmp_path, f"foo_32px70_s{s}", _child(0.79 - 0.01 * s, 100.0))
+        _write(tmp_path, f"my_crit70_s{s}", _child(0.81, 100.0))
+    _write(tmp_path, "default70_s2", _child(0.80, 100.0))
+    _write(tmp_path, "parent_s2", _parent(0.80, 1000.0))
+    _write(tmp_path, "my_other70_s2", _child(0.81, 100.0))
+    rows = bench.collect(_args(seeds="0,1,2", criteria="foo_32px,my_crit,my_other"), tmp_path)
+    assert rows["criterion_foo_32px"]["vs_default"]["diff"] == pytest.approx(-0.015)
+    assert rows["criterion_my_crit"]["vs_default"]["seeds"] == [0, 1]
+    # the plain compress has 3 seeds here, the criterion 2: the paired cell says which it used
+    _write(tmp_path, "my_crit70_s2", _child(0.81, 100.0))
+    _write(tmp_path, "default70_s2", _child(0.80, 100.0))
+    (tmp_path / "default70_s1.json").unlink()
+    rows = bench.collect(_args(seeds="0,1,2", criteria="my_crit"), tmp_path)
+    md = bench.markdown(rows, {"machine": {"cpu": "X"}, "data": "D", "seeds": [0, 1, 2],
+                               "settings": {"device": "cpu"}, "command": "python -m benchmarks.defaults"})
+    line = next(x for x in md.splitlines() if "--criterion my_crit |" in x)
+    assert "(seeds 0, 2)" in line
+    assert bench.plot(rows, str(tmp_path / "p.png"))
